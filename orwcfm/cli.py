@@ -1,0 +1,130 @@
+"""The ``orwcfm`` command line.
+
+    orwcfm pretrain --data NAME --out DIR [--steps N] [--config FILE] [--set key=value ...]
+    orwcfm sample   --ckpt DIR -n N --out FILE.png
+    orwcfm demo     [--out DIR]
+
+A user mistake (unknown name, bad value, missing file) prints one line, ``orwcfm: error: ...``, and exits
+with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override config keys, dotted for nested ones: --set learning_rate=1e-3 model.options.base_channels=64")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import pretrain_config
+    from .train import pretrain
+
+    if args.data is None and args.config is None:
+        raise UserError("pretrain needs --data NAME or --config FILE (a config naming data.name)")
+    settings = {}
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if args.data_root is not None:
+        settings["data"] = {"root": args.data_root}
+    if args.device is not None:
+        settings["device"] = args.device
+    config = pretrain_config(args.data, args.config, args.overrides, **settings)
+    result = pretrain(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"pretrained {config.data.name}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+          f"{result.num_parameters:,} parameters, {result.wall_seconds:.0f} s")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"samples:    {result.samples_path}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .plotting import save_samples
+    from .sampling import check_solver, sample
+
+    if args.n <= 0:
+        raise UserError(f"-n must be a positive number of samples, got {args.n}")
+    loaded = load_checkpoint(args.ckpt)
+    sampling = loaded.meta.get("config", {}).get("sampling", {})
+    solver = args.solver or sampling.get("solver", "euler")
+    steps = args.steps or sampling.get("steps", 100)
+    check_solver(solver, steps)
+    model = loaded.build_model(args.weights, device=args.device)
+    samples = sample(model, args.n, tuple(loaded.spec.event_shape), generator=torch.Generator().manual_seed(args.seed),
+                     device=args.device, solver=solver, steps=steps, batch_size=args.batch_size)
+    out = save_samples(samples.cpu(), args.out, title=f"{args.n} samples, {solver} x {steps}")
+    print(f"wrote {args.n} samples ({solver}, {steps} steps, {args.weights} weights of {loaded.path}) to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), cache=args.cache, steps=args.steps, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orwcfm", description="Reward fine-tuning of flow-matching models (ORW-CFM-W2).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="train a flow-matching model on a data set (the reference model)")
+    p.add_argument("--data", metavar="NAME", help="built-in data set (digits, patches, moons, mnist, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--steps", type=int, metavar="N", help="optimisation steps (overrides the config)")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the files of mnist / cifar10")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_common_run_flags(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid or scatter plot")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint folder or run folder")
+    p.add_argument("-n", type=int, default=64, metavar="N", help="number of samples (default 64)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the picture")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights")
+    p.add_argument("--solver", help="ODE solver (default: the checkpoint's config)")
+    p.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1000, help="samples integrated at once")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="the built-in main job (see README)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
+    p.add_argument("--cache", metavar="DIR", help="where pretrained assets are cached (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    p.add_argument("--steps", type=int, metavar="N", help="pretraining steps of the digits reference (default: its preset)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for user mistakes)."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"orwcfm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("orwcfm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Configuration: frozen dataclasses, validated on construction, read from YAML and ``--set key=value``.
+
+Every run resolves its settings into one of these dataclasses and saves the resolved form with its outputs,
+so a checkpoint always says how it was made. Unknown keys, wrong types and out-of-range values raise
+:class:`~orwcfm.errors.UserError` with the dotted key, the bad value and what is accepted (with a suggestion
+for near-miss spellings), before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from .errors import UserError, did_you_mean
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generic machinery: dict <-> dataclass with type checks.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to type ``tp``, or raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = did_you_mean(str(value), [str(c) for c in choices])
+            raise UserError(f"config key '{key}': {value!r} is not accepted{hint}; accepted values: {', '.join(map(str, choices))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}': expected a mapping of {tp.__name__} settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise UserError(f"config key '{key}': expected a list of {_type_name(item_tp)}, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key '{key}': expected a string, got {value!r}")
+    raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from a (nested) mapping, checking keys and types.
+
+    >>> from_dict(SamplingConfig, {"solver": "rk4", "steps": 10})
+    SamplingConfig(solver='rk4', steps=10)
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(
+                f"unknown config key '{prefix}{key}'{did_you_mean(prefix + str(key), [prefix + n for n in names])}; "
+                f"accepted keys: {', '.join(prefix + n for n in names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into ``{"a": {"b": 1}, "c": "x"}``; values are parsed as YAML.
+
+    >>> parse_overrides(["model.options.base_channels=64", "learning_rate=1e-3", "data.name=moons"])
+    {'model': {'options': {'base_channels': 64}}, 'learning_rate': 0.001, 'data': {'name': 'moons'}}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {key}: value '{raw}' is not valid YAML ({err.__class__.__name__})") from None
+        if isinstance(value, str):  # YAML 1.1 leaves 1e-3 as a string; numbers are what users mean
+            try:
+                value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+            except ValueError:
+                pass
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' was already given a plain value")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one clear error for a missing file, bad YAML or a non-mapping document."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _positive(name: str, value: float | int) -> None:
+    if not value > 0:
+        raise UserError(f"config key '{name}' must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: float | int) -> None:
+    if not value >= 0:
+        raise UserError(f"config key '{name}' must be >= 0, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The settings themselves.
+
+
+dataclass_frozen = dataclasses.dataclass(frozen=True)
+
+
+@dataclass_frozen
+class DataConfig:
+    """Which data set to train on (see ``orwcfm.data.available_datasets()``)."""
+
+    name: str = "digits"
+    root: str | None = None  # folder with the distribution files (mnist, cifar10)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # data-set specific, e.g. {split: test}
+
+
+@dataclass_frozen
+class ModelConfig:
+    """The velocity network: ``kind`` is ``auto`` (MLP for vectors, UNet for images), ``mlp`` or ``unet``."""
+
+    kind: str = "auto"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments
+
+
+@dataclass_frozen
+class SamplingConfig:
+    """How samples are drawn: the ODE solver and its number of steps."""
+
+    solver: Literal["euler", "midpoint", "heun", "rk4", "dopri5"] = "euler"
+    steps: int = 100
+
+    def __post_init__(self) -> None:
+        _positive("sampling.steps", self.steps)
+
+
+@dataclass_frozen
+class PretrainConfig:
+    """Plain conditional flow matching on a data set (the reference model of fine-tuning)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    steps: int = 5000
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0  # max gradient norm; null disables clipping
+    ema_decay: float | None = 0.999  # null disables the EMA
+    coupling: Literal["independent", "ot"] = "independent"
+    sigma_min: float = 0.0
+    time_sampler: Literal["uniform", "logit-normal"] = "uniform"
+    seed: int = 0
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    num_samples: int = 100  # samples drawn for the grid / scatter plot at the end
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    num_threads: int | None = None  # torch CPU threads; null keeps torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _positive(name, getattr(self, name))
+        for name in ("warmup_steps", "weight_decay"):
+            _non_negative(name, getattr(self, name))
+        if self.grad_clip is not None:
+            _positive("grad_clip", self.grad_clip)
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UserError(f"config key 'ema_decay' must be in (0, 1) or null, got {self.ema_decay}")
+        if not 0.0 <= self.sigma_min < 1.0:
+            raise UserError(f"config key 'sigma_min' must be in [0, 1), got {self.sigma_min}")
+        if self.num_threads is not None:
+            _positive("num_threads", self.num_threads)
+
+
+# Built-in settings per data set: what `orwcfm pretrain --data NAME` uses. configs/pretrain/NAME.yaml holds the
+# same settings written out (a test keeps the two in step).
+_TOY = {"steps": 3000, "batch_size": 256, "learning_rate": 1e-3, "model": {"kind": "mlp"}, "num_samples": 2000}
+PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {"steps": 4000, "batch_size": 128, "learning_rate": 2e-3, "num_samples": 100},
+    "patches": {"steps": 6000, "batch_size": 64, "learning_rate": 1e-3,
+                "model": {"kind": "unet", "options": {"channel_mult": [1, 2, 2], "attention_resolutions": [8]}}},
+    "mnist": {"steps": 20000, "batch_size": 128, "learning_rate": 1e-3},
+    "cifar10": {"steps": 100000, "batch_size": 128, "learning_rate": 2e-4,
+                "model": {"kind": "unet", "options": {"base_channels": 64, "channel_mult": [1, 2, 2, 2], "attention_resolutions": [16]}}},
+    **{name: _TOY for name in ("gaussian-1d", "gmm-1d", "gmm-2d", "8gaussians", "moons", "checkerboard")},
+}
+
+
+def pretrain_config(data: str | None = None, config_file: str | Path | None = None,
+                    overrides: Sequence[str] = (), **settings: Any) -> PretrainConfig:
+    """Resolve a pretraining config: defaults < data-set preset < YAML file < ``settings`` < ``--set`` overrides."""
+    layers: list[Mapping[str, Any]] = []
+    file_data = load_yaml(config_file) if config_file else {}
+    file_data_section = file_data.get("data")
+    name = data or (file_data_section.get("name") if isinstance(file_data_section, Mapping) else None)
+    if name is not None and name in PRETRAIN_PRESETS:
+        layers.append(PRETRAIN_PRESETS[name])
+    layers.append(file_data)
+    if data is not None:
+        layers.append({"data": {"name": data}})
+    layers.append(settings)
+    layers.append(parse_overrides(overrides))
+    resolved: dict[str, Any] = {}
+    for layer in layers:
+        resolved = merge(resolved, layer)
+    return from_dict(PretrainConfig, resolved)

@@ -1,0 +1,202 @@
+"""Pretraining: plain conditional flow matching, written out as one loop.
+
+Data flow of a step::
+
+    x1 ~ data          (B, *shape)      a minibatch of the data set
+    x0 ~ N(0, I)       (B, *shape)      noise
+    pairing            coupling(x0, x1): independent, or minibatch OT (a permutation of x1)
+    t ~ p(t)           (B,)             uniform or logit-normal
+    x_t, u_t           path(x0, x1, t)  the straight path and its velocity
+    loss               mean ||v(t, x_t) - u_t||^2
+    step               Adam, linear warm-up (then constant or cosine), gradient clipping, EMA of the weights
+    log / checkpoint   at intervals (numbers are pulled off the device only then)
+
+The result is a reference model for fine-tuning: ``RUN/checkpoints/step_N`` (safetensors + sidecar), a sample
+grid ``RUN/samples.png``, ``RUN/metrics.jsonl`` and TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import PretrainConfig, to_dict
+from .couplings import get_coupling
+from .data import DataSource, load_dataset
+from .errors import UserError
+from .models import ModelSpec, build_model, default_spec, num_parameters
+from .paths import StraightPath, make_time_sampler
+from .plotting import save_samples
+from .runlog import RunLogger
+from .sampling import sample
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """What a pretraining run produced."""
+
+    run_dir: Path
+    checkpoint: Path
+    samples_path: Path
+    steps: int
+    final_loss: float
+    wall_seconds: float
+    num_parameters: int
+
+
+def resolve_model_spec(config: PretrainConfig, data: DataSource) -> ModelSpec:
+    """The architecture for this data: ``auto`` picks MLP for vectors and UNet for images; options override."""
+    base = default_spec(config.model.kind, data.shape)
+    return ModelSpec(kind=base.kind, event_shape=tuple(data.shape), options={**base.options, **config.model.options})
+
+
+def warmup_schedule(warmup_steps: int, total_steps: int, kind: str):
+    """Learning-rate multiplier per step: linear warm-up from 0, then constant or cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (and buffers), or None when disabled."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> PretrainResult:
+    """Train a velocity field on ``config.data`` by conditional flow matching and save it under ``run_dir``.
+
+    With ``resume=True`` the run continues from the newest intact checkpoint in ``run_dir`` (weights, EMA,
+    optimizer, scheduler and random-number state).
+    """
+    start_time = time.perf_counter()
+    data = load_dataset(config.data.name, config.data.root, **config.data.options)  # bad names fail before any output
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {run_dir}: {err.strerror}") from None
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)  # dropout and any other global-RNG use
+    generator = torch.Generator().manual_seed(config.seed)  # data, noise and times: CPU, device independent
+
+    spec = resolve_model_spec(config, data)
+    model = build_model(spec).to(device)
+    ema = make_ema(model, config.ema_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_schedule(config.warmup_steps, config.steps, config.lr_schedule))
+    path = StraightPath(config.sigma_min)
+    time_sampler = make_time_sampler(config.time_sampler)
+    coupling = get_coupling(config.coupling)
+    resolved = to_dict(config)
+
+    start_step = 0
+    if resume:
+        start_step = _restore(run_dir, model, ema, optimizer, scheduler, generator)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    def save(step: int) -> Path:
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "ema_n_averaged": ema.n_averaged.cpu() if ema is not None else torch.tensor(0),
+        }
+        out = ckpt.save_checkpoint(
+            ckpt.step_dir(run_dir, step), model=model, ema_model=ema.module if ema is not None else None,
+            spec=spec, kind="pretrain", step=step, config=resolved, train_state=state,
+            extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}})
+        ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
+        return out
+
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    last_loss = float("nan")
+    checkpoint_path = None
+    with RunLogger(run_dir) as logger, tqdm(total=config.steps, initial=start_step, disable=not progress,
+                                            desc=f"pretrain {data.name}", unit="step") as bar:
+        for step in range(start_step, config.steps):
+            x1 = data.sample(config.batch_size, generator).to(device)
+            x0 = torch.randn(x1.shape, generator=generator).to(device)
+            pair = coupling(x0, x1)
+            t = time_sampler(config.batch_size, generator).to(device)
+            target = path.sample(pair.x0, pair.x1, t)
+
+            loss = (model(t, target.x_t) - target.u_t).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+
+            loss_sum += loss.detach()
+            loss_count += 1
+            bar.update(1)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                last_loss = (loss_sum / loss_count).item()
+                if not math.isfinite(last_loss):
+                    raise RuntimeError(f"pretraining diverged at step {done}: loss is {last_loss}; "
+                                       f"try a smaller learning_rate (now {config.learning_rate})")
+                logger.log(done, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm})
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                loss_sum.zero_()
+                loss_count = 0
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                checkpoint_path = save(done)
+
+    final_model = (ema.module if ema is not None else model).eval()
+    samples = sample(final_model, config.num_samples, data.shape, generator=torch.Generator().manual_seed(config.seed + 1),
+                     device=device, solver=config.sampling.solver, steps=config.sampling.steps)
+    samples_path = save_samples(samples.cpu(), run_dir / "samples.png", title=f"{data.name}: {config.num_samples} samples")
+    return PretrainResult(
+        run_dir=run_dir,
+        checkpoint=checkpoint_path or ckpt.resolve_checkpoint(run_dir),
+        samples_path=samples_path,
+        steps=config.steps,
+        final_loss=last_loss,
+        wall_seconds=time.perf_counter() - start_time,
+        num_parameters=num_parameters(model),
+    )
+
+
+def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> int:
+    """Load the newest intact checkpoint of ``run_dir`` into the live objects; return its step."""
+    loaded = ckpt.load_checkpoint(run_dir)
+    state = loaded.train_state()
+    if state is None:
+        raise UserError(f"checkpoint {loaded.path} has no training state to resume from")
+    ckpt.load_weights(model, loaded.weights, source=str(loaded.path))
+    if ema is not None and loaded.ema_weights is not None:
+        ckpt.load_weights(ema.module, loaded.ema_weights, source=str(loaded.path))
+        ema.n_averaged.copy_(state["ema_n_averaged"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return loaded.step
