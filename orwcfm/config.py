@@ -296,20 +296,25 @@ PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def pretrain_config(data: str | None = None, config_file: str | Path | None = None,
+def pretrain_config(data_name: str | None = None, config_file: str | Path | None = None,
                     overrides: Sequence[str] = (), **settings: Any) -> PretrainConfig:
-    """Resolve a pretraining config: defaults < data-set preset < YAML file < ``settings`` < ``--set`` overrides."""
-    layers: list[Mapping[str, Any]] = []
+    """Resolve a pretraining config: defaults < data-set preset < YAML file < ``settings`` < ``--set`` overrides.
+
+    The preset is the one of ``data_name``, else of the data set the file or ``settings`` name.
+    """
     file_data = load_yaml(config_file) if config_file else {}
-    file_data_section = file_data.get("data")
-    name = data or (file_data_section.get("name") if isinstance(file_data_section, Mapping) else None)
-    if name is not None and name in PRETRAIN_PRESETS:
-        layers.append(PRETRAIN_PRESETS[name])
-    layers.append(file_data)
-    if data is not None:
-        layers.append({"data": {"name": data}})
-    layers.append(settings)
-    layers.append(parse_overrides(overrides))
+    override_data = parse_overrides(overrides)
+    layers: list[Mapping[str, Any]] = [file_data]
+    if data_name is not None:
+        layers.append({"data": {"name": data_name}})
+    layers += [settings, override_data]
+    name = None
+    for layer in layers:
+        section = layer.get("data")
+        if isinstance(section, Mapping) and isinstance(section.get("name"), str):
+            name = section["name"]
+    if name in PRETRAIN_PRESETS:
+        layers.insert(0, PRETRAIN_PRESETS[name])
     resolved: dict[str, Any] = {}
     for layer in layers:
         resolved = merge(resolved, layer)

@@ -87,7 +87,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options: ob
             raise UserError(f"unknown option '{option}' for data set '{name}'{did_you_mean(option, accepted)}; {takes}")
     if reads_files:
         if root is None:
-            raise UserError(f"data set '{name}' reads its files from a folder: pass root=<folder with the {name} files>")
+            raise UserError(
+                f"data set '{name}' reads its files from a folder: pass root=<folder with the {name} files>"
+            )
         return factory(root, **options)
     if root is not None:
         raise UserError(f"data set '{name}' is built in and reads no files, so root must not be given (got {root!r})")

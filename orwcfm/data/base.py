@@ -61,8 +61,8 @@ class TensorData:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.x.dtype != torch.float32 or self.x.dim() < 2:
             raise ValueError(f"x must be a float32 (N, *shape) tensor, got {self.x.dtype} {tuple(self.x.shape)}")
-        if self.x.shape[0] == 0:
-            raise ValueError(f"data set '{self.name}' is empty")
+        if self.x.shape[0] == 0:  # e.g. digits=[] or an MNIST file with 0 images: the user's data, not a bug
+            raise UserError(f"data set '{self.name}' is empty")
         if self.labels is not None and (
             self.labels.dtype != torch.int64 or tuple(self.labels.shape) != (self.x.shape[0],)
         ):

@@ -34,7 +34,9 @@ def digits(digits: Sequence[int] | None = None) -> TensorData:
             and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in digits)
         )
         if not ok:
-            raise UserError(f"option 'digits' of data set 'digits' must be a non-empty list of integers 0..9, got {digits!r}")
+            raise UserError(
+                f"option 'digits' of data set 'digits' must be a non-empty list of integers 0..9, got {digits!r}"
+            )
         keep = sorted(set(digits))
         mask = torch.isin(labels, torch.tensor(keep))
         x, labels = x[mask], labels[mask]

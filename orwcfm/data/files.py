@@ -170,7 +170,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except UserError:
         raise
     except Exception as err:  # a damaged pickle can fail in many ways; all mean "not a CIFAR-10 batch"
-        raise UserError(f"file '{path}' is not a readable CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"file '{path}' is not a readable CIFAR-10 python batch ({type(err).__name__}: {err})"
+        ) from None
     data = _get(batch, "data") if isinstance(batch, dict) else None
     labels = _get(batch, "labels") if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
@@ -199,9 +201,10 @@ def cifar10(root: str | os.PathLike, split: str = "train", limit: int | None = N
     names = CIFAR_FILES[split]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
+        partly = f"; missing {', '.join(missing)}" if len(missing) < len(names) else ""
         raise UserError(
             f"CIFAR-10 {split} files not found in '{folder}' (nor in a {CIFAR_FOLDER} subfolder): "
-            f"expected {', '.join(names)}; missing {', '.join(missing)}"
+            f"expected {', '.join(names)}{partly}"
         )
     datas, labels, count = [], [], 0
     for name in names:
@@ -213,4 +216,5 @@ def cifar10(root: str | os.PathLike, split: str = "train", limit: int | None = N
             break
     data, y = np.concatenate(datas)[:limit], np.concatenate(labels)[:limit]
     x = _to_images(data.reshape(-1, 3, 32, 32))
-    return TensorData("cifar10", x, torch.from_numpy(y), "image", params={"root": str(folder), "split": split, "limit": limit})
+    params = {"root": str(folder), "split": split, "limit": limit}
+    return TensorData("cifar10", x, torch.from_numpy(y), "image", params=params)

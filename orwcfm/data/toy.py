@@ -70,7 +70,9 @@ def _weights(name: str, value: object, k: int) -> list[float]:
         return [1.0 / k] * k
     w = _per_component(name, "weights", value, k, positive=False)
     if any(v < 0 for v in w) or sum(w) <= 0:
-        raise UserError(f"option 'weights' of data set '{name}' must be non-negative with a positive sum, got {value!r}")
+        raise UserError(
+            f"option 'weights' of data set '{name}' must be non-negative with a positive sum, got {value!r}"
+        )
     return [v / sum(w) for v in w]
 
 

@@ -5,16 +5,20 @@ Layout (a slimmed-down ADM / DDPM UNet, sized for small images on a CPU):
 - time: sinusoidal embedding (``base_channels`` channels) -> Linear -> SiLU -> Linear (4 * base_channels);
 - encoder: 3x3 conv stem, then per level ``num_res_blocks`` residual blocks (+ self-attention where the
   feature map is listed in ``attention_resolutions``), then a stride-2 3x3 conv between levels;
-- bottleneck: residual block (+ attention if its resolution is listed) + residual block;
+- bottleneck: one residual block (+ attention if its resolution is listed);
 - decoder: per level ``num_res_blocks`` residual blocks, each fed the matching encoder output through a
   skip connection (channel concatenation), then nearest-neighbour upsampling + 3x3 conv between levels;
 - head: GroupNorm -> SiLU -> 3x3 conv with weights and bias initialised to zero, so the untrained network
   outputs exactly 0 (the velocity field starts as "do nothing"; common practice that stabilises early
   training). Consequence: at init no gradient reaches the layers below the head; it does after one step.
 
-Only the residual blocks' outputs are skipped (not the stem / downsampling outputs as in ADM) and the
-decoder has ``num_res_blocks`` (not ``+ 1``) blocks per level: this halves the cost at the highest
-resolution, which dominates the run time on a CPU.
+Cost-driven departures from ADM: only the residual blocks' outputs are skipped (not the stem /
+downsampling outputs), the decoder has ``num_res_blocks`` (not ``+ 1``) blocks per level and the
+bottleneck has one residual block (not two). The highest resolution dominates the run time on a CPU.
+
+Default size: ``UNet(1, 8)`` (base_channels=16, channel_mult=(1, 2), attention at 4x4) has ~117k
+parameters and one forward+backward at batch 128 takes ~25-30 ms on 2 CPU threads (AMD EPYC, AVX-512);
+base_channels=32 would take ~60-70 ms (the cost grows with base_channels**2), hence the default of 16.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H*W positions, pre-GroupNorm, residual: (B, C, H, W) -> same."""
+    """Multi-head self-attention over the H*W positions, pre-GroupNorm, residual: (B, C, H, W) -> same.
+
+    Projections are ``nn.Linear`` on (B, HW, C) tokens: on a CPU this is ~2x faster than 1x1 convolutions.
+    """
 
     def __init__(self, channels: int, groups: int, num_heads: int = 1) -> None:
         super().__init__()
@@ -62,15 +69,16 @@ class SelfAttention(nn.Module):
             raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, C/heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = self.qkv(tokens).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C / heads)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        return x + self.proj(out).transpose(1, 2).reshape(b, c, h, w)
 
 
 class UNet(nn.Module):
@@ -90,7 +98,7 @@ class UNet(nn.Module):
         self,
         in_channels: int,
         image_size: int,
-        base_channels: int = 32,
+        base_channels: int = 16,
         channel_mult: Sequence[int] = (1, 2),
         num_res_blocks: int = 1,
         attention_resolutions: Sequence[int] = (4,),
@@ -103,6 +111,12 @@ class UNet(nn.Module):
         channel_mult = tuple(channel_mult)
         attention_resolutions = tuple(attention_resolutions)
         self._validate(in_channels, image_size, base_channels, channel_mult, num_res_blocks, dropout, num_groups)
+        sizes = [image_size >> level for level in range(len(channel_mult))]
+        if not set(attention_resolutions) <= set(sizes):
+            raise ValueError(
+                f"UNet attention_resolutions={list(attention_resolutions)} must be feature-map sizes of this "
+                f"network, i.e. among {sizes} (image_size={image_size}, channel_mult={list(channel_mult)})"
+            )
         self.in_channels = in_channels
         self.image_size = image_size
         self.out_channels = in_channels if out_channels is None else out_channels
@@ -205,5 +219,5 @@ class UNet(nn.Module):
                 block, attn = next(blocks)
                 h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
             if i < len(self.upsample):
-                h = F.interpolate(self.upsample[i](h), scale_factor=2.0, mode="nearest")
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head(F.silu(self.head_norm(h)))

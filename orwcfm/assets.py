@@ -1,0 +1,102 @@
+"""Assets that the built-in tasks build once and cache: the digits classifier and the digits reference flow.
+
+Nothing can be downloaded on our machines, so both are trained here on scikit-learn's bundled digits the first
+time they are needed, and cached under ``$ORWCFM_CACHE`` (default ``~/.cache/orwcfm``). A cache entry is keyed
+by the settings that made it, so changing a setting trains a new one instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import list_checkpoints, resolve_checkpoint
+from .config import PretrainConfig, pretrain_config, to_dict
+from .data import load_dataset
+from .errors import UserError
+from .models import DigitsClassifier, accuracy, train_classifier
+
+CLASSIFIER_VERSION = 1
+
+
+def cache_dir(cache: str | Path | None = None) -> Path:
+    """The cache folder: ``cache`` if given, else ``$ORWCFM_CACHE``, else ``~/.cache/orwcfm``."""
+    path = Path(cache or os.environ.get("ORWCFM_CACHE") or Path.home() / ".cache" / "orwcfm")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create cache folder {path}: {err.strerror}") from None
+    return path
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """The cached classifier and how good it is on digits it never saw."""
+
+    model: DigitsClassifier
+    heldout_accuracy: float
+    path: Path
+
+
+def digits_classifier(cache: str | Path | None = None, *, seed: int = 0, holdout: float = 0.2,
+                      epochs: int = 40, progress: bool = False) -> ClassifierInfo:
+    """The digits classifier used as reward and judge: trained on a seeded (1 - holdout) split, cached.
+
+    Returns it in eval mode, with its accuracy on the held-out split.
+    """
+    settings = {"version": CLASSIFIER_VERSION, "seed": seed, "holdout": holdout, "epochs": epochs}
+    folder = cache_dir(cache) / f"digits-classifier-{_digest(settings)}"
+    if (folder / "meta.json").exists():
+        meta = json.loads((folder / "meta.json").read_text())
+        model = DigitsClassifier(**meta["architecture"])
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return ClassifierInfo(model.eval(), meta["heldout_accuracy"], folder)
+
+    data = load_dataset("digits")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(holdout * len(data)))
+    test, train = order[:n_test], order[n_test:]
+    architecture = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    model = DigitsClassifier(**architecture)
+    train_classifier(model, data.x[train], data.labels[train], epochs=epochs, seed=seed, progress=progress)
+    acc = accuracy(model, data.x[test], data.labels[test])
+
+    tmp = Path(tempfile.mkdtemp(prefix=".classifier-", dir=folder.parent))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps({**settings, "architecture": architecture, "heldout_accuracy": acc}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
+    return ClassifierInfo(model.eval(), acc, folder)
+
+
+def digits_reference_config(**overrides) -> PretrainConfig:
+    """The settings of the cached digits reference: the ``digits`` preset plus ``overrides``."""
+    return pretrain_config("digits", **overrides)
+
+
+def digits_reference(cache: str | Path | None = None, *, config: PretrainConfig | None = None,
+                     progress: bool = True) -> Path:
+    """The checkpoint folder of the digits reference flow, pretrained on first use and cached.
+
+    An interrupted pretraining resumes from its last checkpoint the next time.
+    """
+    from .train import pretrain
+
+    config = config or digits_reference_config()
+    run_dir = cache_dir(cache) / f"digits-reference-{_digest(to_dict(config))}"
+    existing = list_checkpoints(run_dir)
+    if existing and int(existing[-1].name.split("_")[1]) == config.steps:
+        return resolve_checkpoint(run_dir)
+    return pretrain(config, run_dir, resume=bool(existing), progress=progress).checkpoint
