@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from orwcfm.assets import digits_classifier, digits_reference_config
+from orwcfm.assets import digits_classifier, reference_config
 from orwcfm.checkpoint import load_checkpoint
 from orwcfm.metrics import classify, mean_pairwise_distance
 from orwcfm.models import num_parameters
@@ -36,7 +36,7 @@ def main() -> None:
         clf = digits_classifier(Path(tmp) / "cache")
         t_clf = time.perf_counter() - t0
 
-        config = digits_reference_config(**({"steps": args.steps} if args.steps else {}))
+        config = reference_config("digits", **({"steps": args.steps} if args.steps else {}))
         t0 = time.perf_counter()
         result = pretrain(config, Path(tmp) / "run", progress=False)
         t_pre = time.perf_counter() - t0

@@ -81,21 +81,26 @@ def digits_classifier(cache: str | Path | None = None, *, seed: int = 0, holdout
     return ClassifierInfo(model.eval(), acc, folder)
 
 
-def digits_reference_config(**overrides) -> PretrainConfig:
-    """The settings of the cached digits reference: the ``digits`` preset plus ``overrides``."""
-    return pretrain_config("digits", **overrides)
+def reference_config(name: str = "digits", **overrides) -> PretrainConfig:
+    """The settings of a cached built-in reference: the data set's preset plus ``overrides``."""
+    return pretrain_config(name, **overrides)
 
 
-def digits_reference(cache: str | Path | None = None, *, config: PretrainConfig | None = None,
-                     progress: bool = True) -> Path:
-    """The checkpoint folder of the digits reference flow, pretrained on first use and cached.
+def builtin_reference(name: str = "digits", cache: str | Path | None = None, *,
+                      config: PretrainConfig | None = None, progress: bool = True) -> Path:
+    """The checkpoint folder of a built-in reference flow (``builtin:NAME``), pretrained on first use and cached.
 
+    ``name`` is a data set with a pretraining preset (digits, moons, 8gaussians, gaussian-1d, patches, ...).
     An interrupted pretraining resumes from its last checkpoint the next time.
     """
+    from .config import PRETRAIN_PRESETS
+    from .errors import unknown_name_error
     from .train import pretrain
 
-    config = config or digits_reference_config()
-    run_dir = cache_dir(cache) / f"digits-reference-{_digest(to_dict(config))}"
+    if name not in PRETRAIN_PRESETS or name in ("mnist", "cifar10"):
+        raise unknown_name_error("built-in reference", name, [n for n in PRETRAIN_PRESETS if n not in ("mnist", "cifar10")])
+    config = config or reference_config(name)
+    run_dir = cache_dir(cache) / f"{name}-reference-{_digest(to_dict(config))}"
     existing = list_checkpoints(run_dir)
     if existing and int(existing[-1].name.split("_")[1]) == config.steps:
         return resolve_checkpoint(run_dir)

@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 META = "meta.json"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
+POLICY_FILE = "policy.safetensors"
 STATE_FILE = "train_state.pt"
 RUN_SUBDIR = "checkpoints"
 
@@ -52,16 +53,18 @@ class Checkpoint:
     Attributes:
         path: its folder.
         meta: the parsed ``meta.json`` (``kind``, ``step``, ``model_spec``, ``config``, ...).
-        spec: the architecture, enough to rebuild the network.
+        spec: the architecture, enough to rebuild the network (``None`` for a user's own model).
         weights: the trained weights.
         ema_weights: the EMA weights, or ``None``.
+        policy_weights: the sampling policy's weights of a fine-tuning run, or ``None``.
     """
 
     path: Path
     meta: dict[str, Any]
-    spec: ModelSpec
+    spec: ModelSpec | None
     weights: dict[str, torch.Tensor]
     ema_weights: dict[str, torch.Tensor] | None
+    policy_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def step(self) -> int:
@@ -77,6 +80,8 @@ class Checkpoint:
 
     def build_model(self, which: str = "ema", device: torch.device | str = "cpu") -> nn.Module:
         """Rebuild the network from the spec and load the chosen weights; returned in eval mode."""
+        if self.spec is None:
+            raise UserError(f"checkpoint {self.path} holds a user model without a spec: build the model yourself and load its weights")
         model = build_model(self.spec)
         load_weights(model, self.state_dict(which), source=str(self.path))
         return model.to(device).eval()
@@ -123,6 +128,7 @@ def save_checkpoint(
     step: int,
     config: dict[str, Any],
     ema_model: nn.Module | None = None,
+    policy_model: nn.Module | None = None,
     train_state: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -135,6 +141,7 @@ def save_checkpoint(
         step: the optimisation step.
         config: the resolved config (JSON-serialisable).
         ema_model: the EMA copy of ``model``, if any.
+        policy_model: the frozen sampling policy of a fine-tuning run, if any.
         train_state: optimizer/scheduler/RNG state for resuming (tensors and plain containers only).
         extra: more JSON-serialisable metadata (data shape, reward, ...).
     """
@@ -145,11 +152,13 @@ def save_checkpoint(
         files = {MODEL_FILE: _plain_tensors(model.state_dict())}
         if ema_model is not None:
             files[EMA_FILE] = _plain_tensors(ema_model.state_dict())
+        if policy_model is not None:
+            files[POLICY_FILE] = _plain_tensors(policy_model.state_dict())
         for name, tensors in files.items():
             save_file(tensors, str(tmp / name))
         if train_state is not None:
             torch.save(train_state, tmp / STATE_FILE)
-        written = [p for p in (MODEL_FILE, EMA_FILE, STATE_FILE) if (tmp / p).exists()]
+        written = [p for p in (MODEL_FILE, EMA_FILE, POLICY_FILE, STATE_FILE) if (tmp / p).exists()]
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -255,13 +264,14 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu", 
     """Load a checkpoint folder (or a run folder's newest intact checkpoint)."""
     path = resolve_checkpoint(path)
     meta = verify_checkpoint(path) if verify else _read_meta(path)
-    if meta.get("model_spec") is None:
-        raise UserError(f"checkpoint {path} has no model spec (a user model): load its weights into your own model instead")
-    spec = ModelSpec.from_dict(meta["model_spec"])
+    spec = ModelSpec.from_dict(meta["model_spec"]) if meta.get("model_spec") is not None else None
     device = str(map_location)
-    weights = load_file(str(path / MODEL_FILE), device=device)
-    ema = load_file(str(path / EMA_FILE), device=device) if (path / EMA_FILE).exists() else None
-    return Checkpoint(path=path, meta=meta, spec=spec, weights=weights, ema_weights=ema)
+
+    def optional(name: str) -> dict[str, torch.Tensor] | None:
+        return load_file(str(path / name), device=device) if (path / name).exists() else None
+
+    return Checkpoint(path=path, meta=meta, spec=spec, weights=load_file(str(path / MODEL_FILE), device=device),
+                      ema_weights=optional(EMA_FILE), policy_weights=optional(POLICY_FILE))
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -1,6 +1,7 @@
 """The ``orwcfm`` command line.
 
     orwcfm pretrain --data NAME --out DIR [--steps N] [--config FILE] [--set key=value ...]
+    orwcfm finetune --config FILE [--ref DIR] --out DIR [--set key=value ...] [--resume]
     orwcfm sample   --ckpt DIR -n N --out FILE.png
     orwcfm demo     [--out DIR]
 
@@ -70,10 +71,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import finetune_config
+    from .finetune.run import run_finetune
+
+    out = Path(args.out)
+    settings = {"savedir": str(out.parent), "run_name": out.name}
+    if args.ref is not None:
+        settings["ref_path"] = args.ref
+    if args.device is not None:
+        settings["device"] = args.device
+    config = finetune_config(config_file=args.config, overrides=args.overrides, **settings)
+    run_finetune(config, resume=args.resume, cache=args.cache, progress=not args.no_progress)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), cache=args.cache, steps=args.steps, progress=not args.no_progress)
+    run_demo(Path(args.out), cache=args.cache, progress=not args.no_progress)
     return 0
 
 
@@ -91,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_run_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model toward a reward (ORW-CFM-W2)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (see configs/finetune/)")
+    p.add_argument("--ref", metavar="DIR", help="reference checkpoint or run folder, or builtin:NAME (overrides ref_path)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override config keys: --set w2_coefficient=0.3 temperature=2")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid or scatter plot")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint folder or run folder")
     p.add_argument("-n", type=int, default=64, metavar="N", help="number of samples (default 64)")
@@ -106,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the built-in main job (see README)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
     p.add_argument("--cache", metavar="DIR", help="where pretrained assets are cached (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
-    p.add_argument("--steps", type=int, metavar="N", help="pretraining steps of the digits reference (default: its preset)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

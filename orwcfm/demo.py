@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .assets import digits_classifier, digits_reference, digits_reference_config
+from .assets import builtin_reference, digits_classifier, reference_config
 from .checkpoint import load_checkpoint
 from .metrics import classify, mean_pairwise_distance
 from .plotting import save_image_grid
@@ -26,9 +26,9 @@ def run_demo(out: Path, *, cache: str | Path | None = None, steps: int | None = 
     """Run the demo into ``out``; return the summary that is also written to ``out/summary.json``."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    config = digits_reference_config(**({"steps": steps} if steps else {}))
+    config = reference_config("digits", **({"steps": steps} if steps else {}))
     classifier = digits_classifier(cache, progress=progress)
-    reference = load_checkpoint(digits_reference(cache, config=config, progress=progress))
+    reference = load_checkpoint(builtin_reference("digits", cache, config=config, progress=progress))
     model = reference.build_model("ema")
 
     samples = sample(model, num_samples, tuple(reference.spec.event_shape), generator=torch.Generator().manual_seed(1234),

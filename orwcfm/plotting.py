@@ -91,3 +91,28 @@ def save_samples(samples: torch.Tensor, path: str | Path, title: str = "") -> Pa
     if samples.ndim == 4:
         return save_image_grid(samples, path)
     return save_scatter(samples, path, title=title)
+
+
+def save_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Plot per-epoch evaluation rows (``epoch`` plus numbers) as one panel per metric: reward, target fraction
+    (when present), diversity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("reward_mean", "target_fraction", "diversity") if all(k in row for row in history)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), dpi=110, squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(epochs, [row[key] for row in history], "o-", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

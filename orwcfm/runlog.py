@@ -1,4 +1,4 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events, and wandb on request."""
 
 from __future__ import annotations
 
@@ -7,23 +7,35 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 class RunLogger:
-    """Append metrics to ``RUN/metrics.jsonl`` and to TensorBoard events under ``RUN/tensorboard``.
+    """Append metrics to ``RUN/metrics.jsonl``, to TensorBoard events under ``RUN/tensorboard`` and, when a
+    ``wandb_project`` is given, to Weights & Biases (``WANDB_MODE=offline`` works without a network).
 
     Only plain numbers are logged; call it at logging intervals (turning tensors into numbers synchronises
     the device, so the hot loop should not do it every step).
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
+                 run_name: str | None = None, config: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self._tb = None
+        self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if wandb_project is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("use_wandb needs the wandb package: pip install wandb "
+                                "(set WANDB_MODE=offline to log without a network)") from None
+            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(self.run_dir))
 
     def log(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
         """Record ``metrics`` (numbers; tensors are converted) at ``step``."""
@@ -34,11 +46,15 @@ class RunLogger:
             if self._tb is not None and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(prefix + key, value, step)
         self._jsonl.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def __enter__(self) -> RunLogger:
         return self

@@ -1,0 +1,1 @@
+"""Reward fine-tuning algorithms. ORW-CFM-W2: the loss in :mod:`.orw`, the loop in :mod:`.trainer`."""

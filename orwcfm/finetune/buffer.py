@@ -1,0 +1,55 @@
+"""A buffer of policy samples and their rewards, drawn from in shuffled minibatches.
+
+The sampling policy is frozen between refreshes, so every sample it produced stays an exact sample of the
+current policy until the next refresh: a buffer filled once per refresh can feed several gradient steps
+(each sample used ``steps * batch_size / len(buffer)`` times on average) instead of integrating the ODE for
+every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """Samples and their rewards: x (B, *shape), rewards (B,)."""
+
+    x: torch.Tensor
+    rewards: torch.Tensor
+
+
+class SampleBuffer:
+    """Holds (N, *shape) samples with (N,) rewards; ``next(B)`` walks a fresh random permutation per pass."""
+
+    def __init__(self, x: torch.Tensor, rewards: torch.Tensor, generator: torch.Generator,
+                 order: torch.Tensor | None = None, pos: int = 0) -> None:
+        if x.shape[0] != rewards.shape[0]:
+            raise ValueError(f"buffer needs as many rewards as samples, got {rewards.shape[0]} for {x.shape[0]}")
+        self.x, self.rewards, self.generator = x, rewards, generator
+        self.order = torch.randperm(len(x), generator=generator) if order is None else order
+        self.pos = pos
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def next(self, batch_size: int) -> Minibatch:
+        """The next ``batch_size`` samples of the current pass (a new pass reshuffles; no sample repeats within one)."""
+        if batch_size > len(self):
+            raise ValueError(f"batch_size {batch_size} is larger than the buffer ({len(self)} samples)")
+        if self.pos + batch_size > len(self):
+            self.order = torch.randperm(len(self), generator=self.generator)
+            self.pos = 0
+        idx = self.order[self.pos : self.pos + batch_size].to(self.x.device)
+        self.pos += batch_size
+        return Minibatch(x=self.x[idx], rewards=self.rewards[idx])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"x": self.x.cpu(), "rewards": self.rewards.cpu(), "order": self.order, "pos": torch.tensor(self.pos)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> SampleBuffer:
+        # no random draw here: resuming must leave the generator exactly where it was saved
+        return cls(state["x"].to(device), state["rewards"].to(device), generator, state["order"], int(state["pos"]))

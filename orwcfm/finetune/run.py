@@ -1,0 +1,40 @@
+"""One fine-tuning run from a resolved config: what ``orwcfm finetune`` and ``orwcfm demo`` do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint
+from ..config import FinetuneConfig
+from ..errors import UserError
+from .trainer import FinetuneSummary, ORWCFMTrainer
+
+
+def resolve_reference(ref_path: str | None, cache: str | Path | None = None, progress: bool = True) -> Path:
+    """The reference checkpoint folder of ``ref_path`` (``builtin:NAME`` is pretrained and cached on first use)."""
+    if ref_path is None:
+        raise UserError("fine-tuning needs a reference: --ref DIR (a checkpoint or run folder, or builtin:digits) or ref_path in the config")
+    if ref_path.startswith("builtin:"):
+        from ..assets import builtin_reference
+
+        return builtin_reference(ref_path[len("builtin:"):], cache, progress=progress)
+    path = Path(ref_path)
+    if path.is_file():
+        raise UserError(f"{path} is a single file: the command line rebuilds the network from an orwcfm checkpoint folder; "
+                        "for torchcfm .pt files use the library (ORWCFMTrainer(your_model, config).load_pretrained(path))")
+    return load_checkpoint(path).path
+
+
+def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
+                 progress: bool = True) -> FinetuneSummary:
+    """Build the model from the reference's sidecar, fine-tune it and return the summary."""
+    reference = resolve_reference(config.ref_path, cache, progress)
+    model = load_checkpoint(reference).build_model(config.ref_weights, device=config.device)
+    trainer = ORWCFMTrainer(model, config, config.device, cache=cache, progress=progress)
+    trainer.load_pretrained(reference)
+    if resume:
+        trainer.resume(trainer.run_dir)
+    summary = trainer.train(config.epochs, config.steps_per_epoch)
+    if progress:
+        print(f"run folder: {trainer.run_dir}")
+    return summary

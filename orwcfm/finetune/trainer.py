@@ -1,0 +1,431 @@
+"""``ORWCFMTrainer``: online reward-weighted fine-tuning with a W2 regulariser, as the public README uses it.
+
+    trainer = ORWCFMTrainer(model, config, device)        # model: any nn.Module called as model(t, x)
+    trainer.load_pretrained(config["ref_path"])           # our checkpoints, torchcfm .pt files, builtin:NAME
+    trainer.train(num_epochs=..., steps_per_epoch=...)
+    trainer.save_checkpoint("./checkpoints/run")
+
+Three networks of one architecture: ``model`` (trained), ``policy`` (a frozen copy of ``model`` that generates
+the training samples, refreshed every epoch or every ``refresh_every`` steps) and ``reference`` (the pretrained
+model, frozen for the whole run). Data flow of one step::
+
+    refresh?   policy <- model; buffer <- policy samples x1 (ODE from noise) and their rewards r (black box)
+    minibatch  (x1, r) from the buffer (a fresh batch every step when buffer_size is null)
+    weights    w = B * softmax(tau * r)
+    loss       mean(w * ||v - u||^2 + alpha * ||v - v_ref||^2)      (finetune/orw.py)
+    step       Adam, linear warm-up, gradient clipping, optional EMA
+    log        every log_every steps (only then are numbers pulled off the device)
+    epoch end  evaluate on fixed noise -> metrics, sample grid; checkpoint (atomic; last K kept)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt
+from ..config import FinetuneConfig, finetune_config, to_dict
+from ..couplings import get_coupling
+from ..errors import UserError
+from ..models import ModelSpec
+from ..paths import StraightPath, make_time_sampler
+from ..plotting import save_curves, save_samples
+from ..rewards import call_reward, load_reward, reward_name
+from ..runlog import RunLogger
+from ..sampling import check_solver, integrate
+from ..train import make_ema, warmup_schedule
+from .buffer import SampleBuffer
+from .evaluate import Evaluation, evaluate
+from .orw import orw_cfm_w2_loss, reward_weights
+
+
+def infer_event_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The sample shape a velocity field works on, read off common attributes (ours, torchcfm's UNet)."""
+    inner = getattr(model, "module", model)  # XTAdapter, DDP
+    if isinstance(getattr(inner, "in_channels", None), int) and isinstance(getattr(inner, "image_size", None), int):
+        return (inner.in_channels, inner.image_size, inner.image_size)
+    if isinstance(getattr(inner, "dim", None), int):
+        return (inner.dim,)
+    if isinstance(getattr(inner, "dim", None), (tuple, list)):  # torchcfm's UNetModelWrapper(dim=(C, H, W))
+        return tuple(inner.dim)
+    return None
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, shapes and values): identifies the reference of a run."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    """The headline numbers of a run (written to ``summary.json``)."""
+
+    reward: str
+    w2_coefficient: float
+    temperature: float
+    epochs: int
+    steps: int
+    reward_evaluations: int
+    reward_mean_before: float
+    reward_mean_after: float
+    diversity_before: float
+    diversity_after: float
+    wall_seconds: float
+    target_fraction_before: float | None = None
+    target_fraction_after: float | None = None
+    class_histogram_after: list[float] | None = None
+    dropped_samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def table(self) -> str:
+        """A small Markdown table: before / after for each metric."""
+        rows = [("reward mean", self.reward_mean_before, self.reward_mean_after),
+                ("diversity (mean pairwise distance)", self.diversity_before, self.diversity_after)]
+        if self.target_fraction_before is not None:
+            rows.insert(1, ("target fraction", self.target_fraction_before, self.target_fraction_after))
+        lines = ["| metric | before | after |", "|---|---|---|"]
+        lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
+        if self.class_histogram_after is not None:
+            lines.append("| class histogram after | | " + " ".join(f"{i}:{f:.0%}" for i, f in enumerate(self.class_histogram_after)) + " |")
+        lines.append(f"| alpha / tau / epochs / steps | | {self.w2_coefficient:g} / {self.temperature:g} / {self.epochs} / {self.steps} |")
+        lines.append(f"| reward evaluations / wall time | | {self.reward_evaluations} / {self.wall_seconds:.0f} s |")
+        return "\n".join(lines)
+
+
+class ORWCFMTrainer:
+    """Fine-tunes ``model`` toward a black-box reward with ORW-CFM-W2.
+
+    Args:
+        model: the velocity field, any ``nn.Module`` called as ``model(t, x)`` with ``t`` of shape (B,).
+        config: a :class:`~orwcfm.config.FinetuneConfig` or the public README's config dict.
+        device: where to train (default: ``config.device``).
+        reward_fn: the reward, any callable (B, *shape) -> (B,); default: ``config.reward`` by name, else the CLIP
+            reward of ``config.text_prompts``.
+        event_shape: the shape of one sample; read off the model or the reference checkpoint when omitted.
+        cache: where built-in assets (classifier, builtin:NAME references) are cached.
+        progress: show progress bars.
+    """
+
+    def __init__(self, model: nn.Module, config: FinetuneConfig | Mapping[str, Any] | None = None,
+                 device: torch.device | str | None = None, *, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 event_shape: tuple[int, ...] | None = None, cache: str | Path | None = None, progress: bool = True) -> None:
+        cfg = self.config = config if isinstance(config, FinetuneConfig) else finetune_config(config)
+        check_solver(cfg.sampling.solver, cfg.sampling.steps)
+        self.device = torch.device(device if device is not None else cfg.device)
+        self.cache, self.progress = cache, progress
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)  # dropout and other global-RNG use
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # policy noise, minibatch order, x0, t: on the CPU
+
+        self.model = model.to(self.device)
+        # The reference runs without dropout; unless asked otherwise the model does too (eval mode), so that
+        # model == reference gives a W2 term of exactly 0 and the regulariser measures weights, not dropout noise.
+        self.model.train(cfg.finetune_dropout)
+        self.policy = _frozen_copy(self.model)
+        self.reference = _frozen_copy(self.model)
+        self.ema = make_ema(self.model, cfg.ema_decay)
+        self.event_shape = tuple(event_shape) if event_shape else infer_event_shape(model)
+        self.spec: ModelSpec | None = None
+        self.reference_identity: dict[str, Any] = {"path": None, "weights": None, "sha256": fingerprint(self.reference)}
+
+        if reward_fn is not None:
+            self.reward_fn, self.reward_name = reward_fn, reward_name(reward_fn)
+        elif cfg.reward is not None:
+            self.reward_fn, self.reward_name = load_reward(cfg.reward, cache=cache, **cfg.reward_options), cfg.reward
+        elif cfg.text_prompts is not None:
+            self.reward_fn = load_reward("clip", cache=cache, prompts=list(cfg.text_prompts), **cfg.reward_options)
+            self.reward_name = "clip"
+        else:
+            raise UserError("no reward given: pass reward_fn=..., or set 'reward' (a built-in name, package.module:function "
+                            "or file.py:function), or 'text_prompts' for the CLIP reward")
+
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup_steps, 1, "constant"))
+        self.path = StraightPath(cfg.sigma_min)
+        self.time_sampler = make_time_sampler(cfg.time_sampler)
+        self.coupling = get_coupling(cfg.coupling)
+
+        self.step = 0
+        self.buffer: SampleBuffer | None = None
+        self.history: list[dict[str, Any]] = []  # one row per evaluation: epoch 0 is "before"
+        self.reward_evaluations = 0
+        self.dropped_samples = 0
+        self.run_dir = Path(cfg.savedir) / cfg.run_name if cfg.run_name else Path(cfg.savedir)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading.
+
+    def load_pretrained(self, path: str | Path | None = None, which: str | None = None) -> None:
+        """Set model, sampling policy and reference to pretrained weights.
+
+        ``path``: one of our checkpoint or run folders, a torchcfm ``.pt`` file (``ema_model`` by default,
+        ``net_model`` with ``which="raw"``), or ``builtin:NAME`` (a built-in reference, pretrained and cached on
+        first use). Only weights are read: a pretraining run's optimizer and scheduler state never is, so
+        fine-tuning starts with its own warm-up.
+        """
+        path = path if path is not None else self.config.ref_path
+        which = which or self.config.ref_weights
+        if path is None:
+            raise UserError("load_pretrained needs a path (or config 'ref_path')")
+        if str(path).startswith("builtin:"):
+            from ..assets import builtin_reference
+
+            path = builtin_reference(str(path)[len("builtin:"):], self.cache, progress=self.progress)
+        source = Path(path)
+        if source.is_dir():
+            loaded = ckpt.load_checkpoint(source)
+            state, source = loaded.state_dict(which), loaded.path
+            if loaded.spec is not None:
+                self.spec = loaded.spec
+                self.event_shape = self.event_shape or tuple(loaded.spec.event_shape)
+        elif source.is_file():
+            state = ckpt.load_foreign_state_dict(source, key={"ema": "ema_model", "raw": "net_model"}[which],
+                                                 map_location=self.device)
+        else:
+            raise UserError(f"reference not found: {source} (expected a checkpoint folder, a run folder or a .pt file)")
+        ckpt.load_weights(self.model, state, source=str(source))
+        for frozen in (self.policy, self.reference):
+            frozen.load_state_dict(self.model.state_dict())
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+            self.ema.n_averaged.zero_()
+        self.reference_identity = {"path": str(source), "weights": which, "sha256": fingerprint(self.reference)}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Sampling and evaluation.
+
+    def _shape(self) -> tuple[int, ...]:
+        if self.event_shape is None:
+            raise UserError("cannot tell the sample shape of this model: pass event_shape=(C, H, W) or (dim,) to ORWCFMTrainer")
+        return self.event_shape
+
+    @torch.no_grad()
+    def sample(self, n: int, *, use_ema: bool = False, seed: int | None = None) -> torch.Tensor:
+        """``n`` samples (n, *shape) of the current model (or its EMA), with the configured solver."""
+        net = self.ema.module if use_ema and self.ema is not None else self.model
+        gen = torch.Generator().manual_seed(seed) if seed is not None else self.generator
+        x0 = torch.randn((n, *self._shape()), generator=gen).to(self.device)
+        was_training = net.training
+        net.eval()
+        try:
+            return integrate(net, x0, solver=self.config.sampling.solver, steps=self.config.sampling.steps).samples
+        finally:
+            net.train(was_training)
+
+    def _eval_noise(self) -> torch.Tensor:
+        # The same noise at every evaluation, so before/after differences come from the model alone.
+        gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
+        return torch.randn((self.config.eval_samples, *self._shape()), generator=gen).to(self.device)
+
+    def evaluate(self) -> Evaluation:
+        """Metrics of the current model on the fixed evaluation noise."""
+        return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=self.config.sampling.solver,
+                        steps=self.config.sampling.steps)
+
+    def _collect(self, n: int) -> SampleBuffer:
+        """Draw ``n`` samples from the frozen policy and score them (the only place the reward is called)."""
+        cfg = self.config
+        x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
+        x1 = integrate(self.policy, x0, solver=cfg.sampling.solver, steps=cfg.sampling.steps).samples
+        scored = call_reward(self.reward_fn, x1, name=self.reward_name, step=self.step, on_bad=cfg.on_bad_reward)
+        self.reward_evaluations += n
+        rewards = scored.values.to(self.device)
+        if scored.num_bad:
+            self.dropped_samples += scored.num_bad
+            x1, rewards = x1[scored.valid.to(x1.device)], rewards[scored.valid.to(self.device)]
+        return SampleBuffer(x1, rewards, self.generator)
+
+    def _refresh_policy(self) -> None:
+        self.policy.load_state_dict(self.model.state_dict())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training.
+
+    def train(self, num_epochs: int, steps_per_epoch: int) -> FinetuneSummary:
+        """Fine-tune for ``num_epochs`` epochs of ``steps_per_epoch`` gradient steps (continues after a resume).
+
+        Writes into ``run_dir`` (``savedir``/``run_name``): ``config.yaml``, ``metrics.jsonl``, TensorBoard events,
+        ``samples/epoch_NNN.png``, ``curves.png``, ``checkpoints/step_N`` after every epoch and ``summary.json``.
+        """
+        for name, value in (("num_epochs", num_epochs), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        cfg = self.config
+        self._shape()
+        start = time.perf_counter()
+        total = num_epochs * steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create output folder {self.run_dir}: {err.strerror}") from None
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+        with RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+                       run_name=cfg.run_name, config=to_dict(cfg)) as logger:
+            if not self.history:
+                self._evaluate_and_record(logger, epoch=0)
+            running = {"loss": torch.zeros((), device=self.device), "fm": torch.zeros((), device=self.device),
+                       "w2": torch.zeros((), device=self.device), "max_weight": torch.zeros((), device=self.device)}
+            count = 0
+            with tqdm(total=total, initial=min(self.step, total), disable=not self.progress, unit="step",
+                      desc=f"finetune {self.reward_name}") as bar:
+                while self.step < total:
+                    refresh = self.buffer is None or self.step % (cfg.refresh_every or steps_per_epoch) == 0
+                    if refresh:
+                        self._refresh_policy()
+                    if refresh or cfg.buffer_size is None:
+                        self.buffer = self._collect(cfg.buffer_size or cfg.batch_size)
+                    batch = self.buffer.next(min(cfg.batch_size, len(self.buffer)))
+
+                    weights = reward_weights(batch.rewards, cfg.temperature)
+                    x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
+                    t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
+                    out = orw_cfm_w2_loss(self.model, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
+                                          path=self.path, coupling=self.coupling)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
+                    self.step += 1
+                    bar.update(1)
+
+                    for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2), ("max_weight", weights.max())):
+                        running[key] += value
+                    count += 1
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        row = {k: (v / count).item() for k, v in running.items()}
+                        if not math.isfinite(row["loss"]):
+                            raise RuntimeError(f"fine-tuning diverged at step {self.step}: loss is {row['loss']}; "
+                                               f"try a smaller learning_rate (now {cfg.learning_rate})")
+                        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                                   reward_batch_mean=batch.rewards.mean().item(), dropped_samples=self.dropped_samples)
+                        logger.log(self.step, row, prefix="train/")
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", w2=f"{row['w2']:.2e}")
+                        for v in running.values():
+                            v.zero_()
+                        count = 0
+                    if self.step % steps_per_epoch == 0:
+                        self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
+                        self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))
+                        ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+
+        summary = self.summary(num_epochs, wall_seconds=time.perf_counter() - start)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+        if self.progress:
+            print(summary.table())
+        return summary
+
+    def _evaluate_and_record(self, logger: RunLogger, epoch: int) -> None:
+        ev = self.evaluate()
+        row = {"epoch": epoch, "step": self.step, **ev.scalars(),
+               **{k: v for k, v in ev.task.items() if isinstance(v, list)}}
+        self.history.append(row)
+        logger.log(self.step, ev.scalars(), prefix="eval/")
+        save_samples(ev.samples[:100], self.run_dir / "samples" / f"epoch_{epoch:03d}.png",
+                     title=f"epoch {epoch}: reward {ev.reward_mean:.3f}")
+        save_curves(self.history, self.run_dir / "curves.png",
+                    title=f"{self.reward_name}: alpha={self.config.w2_coefficient:g}, tau={self.config.temperature:g}")
+
+    def summary(self, epochs: int, wall_seconds: float) -> FinetuneSummary:
+        """Before/after numbers from the evaluation history."""
+        if not self.history:
+            raise UserError("nothing to summarise: train() has not run")
+        first, last = self.history[0], self.history[-1]
+        return FinetuneSummary(
+            reward=self.reward_name, w2_coefficient=self.config.w2_coefficient, temperature=self.config.temperature,
+            epochs=epochs, steps=self.step, reward_evaluations=self.reward_evaluations,
+            reward_mean_before=first["reward_mean"], reward_mean_after=last["reward_mean"],
+            diversity_before=first["diversity"], diversity_after=last["diversity"], wall_seconds=wall_seconds,
+            target_fraction_before=first.get("target_fraction"), target_fraction_after=last.get("target_fraction"),
+            class_histogram_after=last.get("class_histogram"), dropped_samples=self.dropped_samples,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints.
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write everything needed to continue into the checkpoint folder ``path`` (atomically)."""
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": torch.tensor(self.step),
+            "reward_evaluations": torch.tensor(self.reward_evaluations),
+            "dropped_samples": torch.tensor(self.dropped_samples),
+            "ema_n_averaged": self.ema.n_averaged.cpu() if self.ema is not None else torch.tensor(0),
+        }
+        if self.buffer is not None:
+            state["buffer"] = self.buffer.state_dict()
+        extra = {"reference": self.reference_identity, "reward": self.reward_name, "history": self.history,
+                 "event_shape": list(self._shape()), "steps_per_epoch": getattr(self, "steps_per_epoch", None)}
+        return ckpt.save_checkpoint(path, model=self.model, spec=self.spec, kind="finetune", step=self.step,
+                                    config=to_dict(self.config), ema_model=self.ema.module if self.ema is not None else None,
+                                    policy_model=self.policy, train_state=state, extra=extra)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a fine-tuning checkpoint (or a run folder's newest intact one).
+
+        Restores model, policy, EMA, optimizer, scheduler, step, random state, the sample buffer and the metric
+        history. The reference is re-loaded from the path recorded in the checkpoint (unless already loaded) and
+        must have the same weights (SHA-256) as when the run started.
+        """
+        loaded = ckpt.load_checkpoint(path)
+        if loaded.meta.get("kind") != "finetune":
+            raise UserError(f"{loaded.path} is a {loaded.meta.get('kind')} checkpoint, not a fine-tuning one: use load_pretrained")
+        recorded = loaded.meta["reference"]
+        if self.reference_identity["path"] is None and recorded.get("path"):
+            self.load_pretrained(recorded["path"], recorded.get("weights"))
+        if self.reference_identity["sha256"] != recorded["sha256"]:
+            raise UserError(f"{loaded.path} was fine-tuned from another reference (weights differ from "
+                            f"{self.reference_identity['path'] or 'the model given'}); load the reference it recorded: {recorded.get('path')}")
+        state = loaded.train_state()
+        if state is None:
+            raise UserError(f"checkpoint {loaded.path} has no training state to resume from")
+        ckpt.load_weights(self.model, loaded.weights, source=str(loaded.path))
+        if loaded.policy_weights is not None:
+            ckpt.load_weights(self.policy, loaded.policy_weights, source=str(loaded.path))
+        if self.ema is not None and loaded.ema_weights is not None:
+            ckpt.load_weights(self.ema.module, loaded.ema_weights, source=str(loaded.path))
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.reward_evaluations = int(state["reward_evaluations"])
+        self.dropped_samples = int(state["dropped_samples"])
+        self.buffer = SampleBuffer.from_state_dict(state["buffer"], self.generator, self.device) if "buffer" in state else None
+        self.history = list(loaded.meta.get("history", []))
+        if loaded.spec is not None:
+            self.spec = loaded.spec

@@ -1,0 +1,129 @@
+"""Digits rewards: how sure a classifier is that an 8x8 sample shows a digit of a target set (e.g. even digits)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orwcfm.errors import UserError
+
+NAMED_TARGETS = {"even": (0, 2, 4, 6, 8), "odd": (1, 3, 5, 7, 9)}
+PROB_FLOOR = 1e-6  # log_prob rewards are clamped at log(1e-6) ~ -13.8, so one hopeless sample cannot dominate
+
+
+def parse_targets(targets: Sequence[int] | str) -> tuple[int, ...]:
+    """The target digits: ``"even"``, ``"odd"`` or a non-empty list of distinct integers 0..9, sorted.
+
+    >>> parse_targets("odd"), parse_targets([7, 1])
+    ((1, 3, 5, 7, 9), (1, 7))
+    """
+    if isinstance(targets, str):
+        if targets not in NAMED_TARGETS:
+            raise UserError(f"digits reward targets must be 'even', 'odd' or a list of digits 0..9, got {targets!r}")
+        return NAMED_TARGETS[targets]
+    ok = (
+        isinstance(targets, Sequence)
+        and len(targets) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in targets)
+    )
+    if not ok:
+        raise UserError(
+            f"digits reward targets must be 'even', 'odd' or a non-empty list of digits 0..9, got {targets!r}"
+        )
+    if len(set(targets)) != len(targets):
+        raise UserError(f"digits reward targets must not repeat a digit, got {list(targets)}")
+    return tuple(sorted(targets))
+
+
+class DigitsTargetReward:
+    """Probability (or log-probability) that ``classifier`` puts an 8x8 digit sample in the target set.
+
+    ``reward(x)``: x (B, 1, 8, 8) in [-1, 1] -> (B,) = sum over target classes of softmax(classifier(x));
+    with ``log_prob=True`` the log of that sum, clamped below at ``log(PROB_FLOOR)`` = log(1e-6).
+    The classifier is copied, put in eval mode (no dropout) and run without gradients on x's device
+    (one copy per device, made on first use); the caller's classifier is left untouched.
+
+    >>> from orwcfm.models import DigitsClassifier
+    >>> reward = DigitsTargetReward(DigitsClassifier(), "even")
+    >>> r = reward(torch.zeros(4, 1, 8, 8))
+    >>> r.shape, bool(((r >= 0) & (r <= 1)).all())
+    (torch.Size([4]), True)
+    >>> sorted(reward.metrics(torch.zeros(4, 1, 8, 8)))
+    ['class_histogram', 'target_fraction']
+    """
+
+    def __init__(self, classifier: nn.Module, targets: Sequence[int] | str = "even", log_prob: bool = False) -> None:
+        if not isinstance(log_prob, bool):
+            raise UserError(f"digits reward option 'log_prob' must be true or false, got {log_prob!r}")
+        self.targets = parse_targets(targets)
+        self.log_prob = log_prob
+        label = targets if isinstance(targets, str) else "".join(map(str, self.targets))
+        self.name = f"digits-{label}" + ("-logprob" if log_prob else "")
+        self._classifier = copy.deepcopy(classifier).eval().requires_grad_(False)
+        self._by_device: dict[torch.device, nn.Module] = {}
+        self._mask: dict[torch.device, torch.Tensor] = {}
+
+    def _on(self, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+        if device not in self._by_device:
+            net = self._classifier
+            if next(net.parameters()).device != device:
+                net = copy.deepcopy(net).to(device)
+            self._by_device[device] = net
+            mask = torch.zeros(getattr(net, "num_classes", 10), dtype=torch.bool, device=device)
+            mask[list(self.targets)] = True
+            self._mask[device] = mask
+        return self._by_device[device], self._mask[device]
+
+    @torch.no_grad()
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class log-probabilities (B, 10) of samples x (B, 1, 8, 8)."""
+        net, _ = self._on(x.device)
+        dtype = next(net.parameters()).dtype
+        return net(x.to(dtype)).float().log_softmax(dim=-1)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _, mask = self._on(x.device)
+        target_log_prob = self.log_probs(x)[:, mask].logsumexp(dim=-1)  # log sum_{c in targets} p_c, stable
+        if self.log_prob:
+            return target_log_prob.clamp_min(math.log(PROB_FLOOR))
+        return target_log_prob.exp()
+
+    @torch.no_grad()
+    def metrics(self, x: torch.Tensor) -> dict[str, float | list[float]]:
+        """``target_fraction``: share of samples whose arg-max class is a target;
+        ``class_histogram``: share of samples per arg-max class (10 values summing to 1)."""
+        _, mask = self._on(x.device)
+        pred = self.log_probs(x).argmax(dim=-1)
+        counts = torch.bincount(pred, minlength=mask.numel()).float()
+        histogram = counts / max(len(pred), 1)
+        return {"target_fraction": float(mask[pred].float().mean().item()) if len(pred) else 0.0,
+                "class_histogram": histogram.tolist()}
+
+
+def _classifier(cache: str | Path | None) -> nn.Module:
+    from orwcfm.assets import digits_classifier  # imported here: assets pulls in training code
+
+    return digits_classifier(cache).model
+
+
+def digits_target(targets: Sequence[int] | str = "even", log_prob: bool = False,
+                  cache: str | Path | None = None) -> DigitsTargetReward:
+    """Registry factory ``digits-target``: the cached digits classifier with the given ``targets``."""
+    parse_targets(targets)  # fail on bad targets before training a classifier
+    return DigitsTargetReward(_classifier(cache), targets, log_prob=log_prob)
+
+
+def digits_even(log_prob: bool = False, cache: str | Path | None = None) -> DigitsTargetReward:
+    """Registry factory ``digits-even``: reward for drawing 0, 2, 4, 6 or 8."""
+    return DigitsTargetReward(_classifier(cache), "even", log_prob=log_prob)
+
+
+def digits_odd(log_prob: bool = False, cache: str | Path | None = None) -> DigitsTargetReward:
+    """Registry factory ``digits-odd``: reward for drawing 1, 3, 5, 7 or 9."""
+    return DigitsTargetReward(_classifier(cache), "odd", log_prob=log_prob)

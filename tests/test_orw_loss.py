@@ -1,0 +1,129 @@
+"""The ORW-CFM-W2 objective: weights, the W2 term and the coupling trap, against hand computations."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from orwcfm.couplings import ot_coupling
+from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
+from orwcfm.models import MLP
+
+
+def test_weights_constant_reward_gives_ones():
+    torch.testing.assert_close(reward_weights(torch.full((7,), 3.2), 10.0), torch.ones(7))
+
+
+def test_weights_shift_invariant_and_normalised():
+    r = torch.randn(16, dtype=torch.float64)
+    w = reward_weights(r, 2.5)
+    assert w.dtype == torch.float64
+    torch.testing.assert_close(w, reward_weights(r + 1000.0, 2.5))
+    torch.testing.assert_close(reward_weights(r.float(), 2.5), reward_weights(r.float() + 10.0, 2.5), rtol=1e-5, atol=1e-6)
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-6)
+    # closed form: exp(tau r_i) / mean_j exp(tau r_j)
+    e = torch.exp(2.5 * r.double())
+    torch.testing.assert_close(w.double(), e / e.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_finite_for_huge_tau_r():
+    w = reward_weights(torch.tensor([1e4, 0.0, -1e4, 1e4]), 1.0)
+    assert torch.isfinite(w).all()
+    torch.testing.assert_close(w, torch.tensor([2.0, 0.0, 0.0, 2.0]))
+    assert torch.isfinite(reward_weights(torch.tensor([1e6, 1e6 - 1]), 1.0)).all()
+
+
+def test_weights_reject_bad_shape():
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        reward_weights(torch.zeros(3, 1), 1.0)
+
+
+class Linear(nn.Module):
+    """v(t, x) = A x + b t: small enough to differentiate the loss by hand."""
+
+    def __init__(self, d=2):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.A = nn.Parameter(torch.randn(d, d, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(d, generator=g, dtype=torch.float64))
+
+    def forward(self, t, x):
+        return x @ self.A.T + t[:, None] * self.b
+
+
+def test_gradient_equals_hand_computed_weighted_loss():
+    g = torch.Generator().manual_seed(1)
+    x1, x0 = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(4, generator=g, dtype=torch.float64)
+    r = torch.tensor([0.0, 1.0, 2.0, -1.0], dtype=torch.float64)
+    model, reference = Linear(), Linear()
+    with torch.no_grad():
+        reference.A.add_(0.3)
+    out = orw_cfm_w2_loss(model, reference, x1, reward_weights(r, 0.7), x0, t, alpha=0.5)
+    out.loss.backward()
+
+    # independent computation: explicit weights exp(0.7 r)/mean, explicit interpolant and target
+    w = torch.exp(0.7 * r) / torch.exp(0.7 * r).mean()
+    A, b = model.A.detach().clone().requires_grad_(True), model.b.detach().clone().requires_grad_(True)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+    v = xt @ A.T + t[:, None] * b
+    v_ref = xt @ reference.A.T + t[:, None] * reference.b
+    hand = (w * ((v - (x1 - x0)) ** 2).mean(1) + 0.5 * ((v - v_ref.detach()) ** 2).mean(1)).mean()
+    hand.backward()
+    assert out.loss.item() == pytest.approx(hand.item(), rel=1e-12)
+    torch.testing.assert_close(model.A.grad, A.grad)
+    torch.testing.assert_close(model.b.grad, b.grad)
+
+
+def test_w2_term_is_zero_at_step_zero_even_with_dropout_and_reaches_the_model():
+    torch.manual_seed(0)
+    model = MLP(dim=3, hidden=32, depth=2, dropout=0.3)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    model.eval()  # the trainer trains with the reference's dropout setting (off)
+    x1, x0, t = torch.randn(8, 3), torch.randn(8, 3), torch.rand(8)
+    out = orw_cfm_w2_loss(model, reference, x1, torch.ones(8), x0, t, alpha=1.0)
+    assert out.w2.item() == 0.0
+    # with dropout left on, the term would not be zero: the trap the trainer avoids
+    model.train()
+    assert orw_cfm_w2_loss(model, reference, x1, torch.ones(8), x0, t, alpha=1.0).w2.item() > 0
+    # after the model moves away from the reference, the W2 term has a gradient that reaches the model
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = orw_cfm_w2_loss(model, reference, x1, torch.zeros(8), x0, t, alpha=1.0)  # zero weights: only the W2 term
+    assert out.w2.item() > 0
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(gr is not None for gr in grads) and sum(gr.abs().sum() for gr in grads) > 0
+    assert all(p.grad is None for p in reference.parameters())
+
+
+def test_ot_coupling_keeps_each_weight_with_its_sample():
+    # Two data points far apart with very different weights; the OT pairing swaps them relative to x0.
+    x1 = torch.tensor([[10.0, 0.0], [-10.0, 0.0]], dtype=torch.float64)
+    x0 = torch.tensor([[-9.0, 0.0], [9.0, 0.0]], dtype=torch.float64)
+    weights = torch.tensor([2.0, 0.0], dtype=torch.float64)  # only x1[0] counts
+    t = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    model = Linear()
+    out = orw_cfm_w2_loss(model, None, x1, weights, x0, t, alpha=0.0, coupling=ot_coupling)
+    # OT pairs x1[0] = (10, 0) with x0[1] = (9, 0): the loss must be 2 * err of that pair / 2 samples
+    pair_x0, pair_x1 = x0[1:2], x1[0:1]
+    xt = 0.5 * pair_x0 + 0.5 * pair_x1
+    v = model(t[:1], xt)
+    expected = (2.0 * ((v - (pair_x1 - pair_x0)) ** 2).mean()) / 2
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    # the scrambled version (weights left in the old order) gives a different loss
+    xt_wrong = 0.5 * x0[0:1] + 0.5 * x1[1:2]
+    wrong = (2.0 * ((model(t[:1], xt_wrong) - (x1[1:2] - x0[0:1])) ** 2).mean()) / 2
+    assert abs(wrong.item() - expected.item()) > 1.0
+
+
+def test_alpha_zero_needs_no_reference_and_alpha_positive_does():
+    m = Linear()
+    x = torch.randn(2, 2, dtype=torch.float64)
+    t = torch.rand(2, dtype=torch.float64)
+    assert orw_cfm_w2_loss(m, None, x, torch.ones(2, dtype=torch.float64), x, t, alpha=0.0).w2.item() == 0.0
+    with pytest.raises(ValueError, match="needs a reference"):
+        orw_cfm_w2_loss(m, None, x, torch.ones(2, dtype=torch.float64), x, t, alpha=1.0)
