@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from orwcfm.config import (
+    FINETUNE_PRESETS,
+    finetune_config,
     PRETRAIN_PRESETS,
     PretrainConfig,
     SamplingConfig,
@@ -84,3 +86,37 @@ def test_parse_overrides():
 
 def test_from_dict_nested():
     assert from_dict(SamplingConfig, {"solver": "heun"}) == SamplingConfig(solver="heun", steps=100)
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE_PRESETS))
+def test_shipped_finetune_yaml_equals_the_builtin_task(name):
+    path = CONFIGS.parent / "finetune" / f"{name}.yaml"
+    assert finetune_config(config_file=path) == finetune_config(config_file=name)
+
+
+def test_readme_dict_keys_are_accepted_as_written():
+    readme = {"learning_rate": 2e-4, "warmup_steps": 5000, "w2_coefficient": 1.0, "temperature": 0.5, "grad_clip": 1.0,
+              "batch_size": 128, "text_prompts": ["An image of dog", "Not an image of dog"], "use_wandb": True,
+              "wandb_project": "flow-matching", "run_name": "orw-cfm-w2", "savedir": "./results",
+              "ref_path": "./pretrained/model.pt"}
+    cfg = finetune_config(readme)
+    assert (cfg.w2_coefficient, cfg.temperature, cfg.text_prompts) == (1.0, 0.5, ("An image of dog", "Not an image of dog"))
+    assert finetune_config(cfg) == cfg  # the dataclass is accepted too
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("w2_coeficient=1", "did you mean 'w2_coefficient'?"),
+        ("w2_coefficient=-1", "config key 'w2_coefficient' must be >= 0, got -1.0"),
+        ("temperature=-0.5", "config key 'temperature' must be >= 0, got -0.5"),
+        ("batch_size=0", "config key 'batch_size' must be > 0, got 0"),
+        ("buffer_size=16", "config key 'buffer_size' (16) must be at least batch_size (128)"),
+        ("on_bad_reward=skip", "accepted values: stop, drop"),
+        ("text_prompts=[dog]", "needs at least two prompts"),
+    ],
+)
+def test_bad_finetune_values(override, message):
+    with pytest.raises(UserError) as err:
+        finetune_config(overrides=[override])
+    assert message in str(err.value)

@@ -15,48 +15,16 @@ from orwcfm.errors import UserError
 from orwcfm.rewards import ClipReward, RewardError, call_reward, load_reward
 from orwcfm.rewards.clip import CLIP_MEAN, CLIP_STD
 
+from .tinyclip import tiny_clip
+
 PROMPTS = ["an image of dog", "not an image of dog"]
 SIZE = 16
-
-
-def _write_tokenizer(folder) -> dict[str, int]:
-    """A minimal byte-level BPE vocabulary: every letter (inside and at the end of a word), a few merges, and
-    CLIP's start/end tokens as the highest ids."""
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for c in string.ascii_lowercase:
-            vocab[c + suffix] = len(vocab)
-    merges = [("d", "o"), ("do", "g</w>"), ("i", "m"), ("im", "a"), ("o", "f</w>")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    return vocab
-
-
-def _tiny_clip(folder, seed: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(folder)
-    CLIPTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
-    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=SIZE, patch_size=8),
-        projection_dim=16,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(str(folder))
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-clip")
-    _tiny_clip(folder)
+    tiny_clip(folder, size=SIZE)
     return folder
 
 
@@ -118,7 +86,7 @@ def test_more_prompts_share_the_softmax(clip_dir):
 
 def test_saved_preprocessor_statistics_are_used(tmp_path):
     folder = tmp_path / "clip-with-processor"
-    _tiny_clip(folder, seed=1)
+    tiny_clip(folder, seed=1)
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.3, 0.35]
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
     x = _images(3, SIZE)

@@ -32,8 +32,8 @@ from orwcfm.rewards.digits import PROB_FLOOR
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("orwcfm-cache")
+def cache(orwcfm_cache):
+    return orwcfm_cache  # shared by the session (tests/conftest.py): the classifier is trained once
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..metrics import mean_pairwise_distance
+from ..rewards import call_reward
 from ..sampling import integrate
 
 
@@ -38,7 +39,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, steps: int,
-             batch_size: int = 1000) -> Evaluation:
+             name: str = "reward", step: int = 0, batch_size: int = 1000) -> Evaluation:
     """Integrate ``model`` from the fixed ``noise`` (N, *shape) and measure the samples.
 
     The same noise before and after training makes the comparison paired: differences come from the model,
@@ -51,8 +52,8 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
                        for i in range(0, len(noise), batch_size)])
     finally:
         model.train(was_training)
-    rewards = torch.as_tensor(reward_fn(x)).float().reshape(-1).cpu()
-    finite = rewards[torch.isfinite(rewards)]
+    scored = call_reward(reward_fn, x, name=name, step=step, on_bad="drop")  # NaNs are left out of the statistics
+    finite = scored.values[scored.valid].cpu()
     task = reward_fn.metrics(x) if hasattr(reward_fn, "metrics") else {}
     return Evaluation(
         samples=x.cpu(),

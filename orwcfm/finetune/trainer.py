@@ -69,7 +69,7 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -246,7 +246,7 @@ class ORWCFMTrainer:
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on the fixed evaluation noise."""
         return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=self.config.sampling.solver,
-                        steps=self.config.sampling.steps)
+                        steps=self.config.sampling.steps, name=self.reward_name, step=self.step)
 
     def _collect(self, n: int) -> SampleBuffer:
         """Draw ``n`` samples from the frozen policy and score them (the only place the reward is called)."""
