@@ -89,7 +89,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), cache=args.cache, progress=not args.no_progress)
+    run_demo(Path(args.out), cache=args.cache, progress=not args.no_progress, overrides=args.overrides)
     return 0
 
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the built-in main job (see README)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
     p.add_argument("--cache", metavar="DIR", help="where pretrained assets are cached (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override settings of the digits-even task, e.g. --set w2_coefficient=0")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

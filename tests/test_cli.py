@@ -60,3 +60,36 @@ def test_console_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "unknown data set 'cifar100' (did you mean 'cifar10'?)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_finetune_command_on_a_toy_task(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    assert main(["pretrain", "--data", "gaussian-1d", "--out", str(ref), "--steps", "20", *QUICK]) == 0
+    cfg = tmp_path / "task.yaml"
+    cfg.write_text("reward: linear\nw2_coefficient: 0.5\ntemperature: 1.0\nbatch_size: 32\nepochs: 2\n"
+                   "steps_per_epoch: 3\neval_samples: 50\nlog_every: 1\nsampling: {solver: euler, steps: 4}\n")
+    out = tmp_path / "ft"
+    assert main(["finetune", "--config", str(cfg), "--ref", str(ref), "--out", str(out), "--no-progress"]) == 0
+    summary = (out / "summary.json").read_text()
+    assert '"reward": "linear"' in summary and (out / "checkpoints" / "step_0000006").is_dir()
+    # the --set overrides reach the run, and a finished run can be continued with --resume
+    assert main(["finetune", "--config", str(cfg), "--ref", str(ref), "--out", str(out), "--no-progress",
+                 "--resume", "--set", "epochs=3"]) == 0
+    assert (out / "checkpoints" / "step_0000009").is_dir()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--config", "digits-evn", "--out", "{tmp}/r"], "config file not found: digits-evn"),
+        (["finetune", "--config", "digits-even", "--out", "{tmp}/r", "--ref", "{tmp}/none"], "no checkpoint found at"),
+        (["finetune", "--config", "digits-even", "--out", "{tmp}/r", "--set", "temperature=-1"], "must be >= 0, got -1.0"),
+        (["finetune", "--config", "digits-even", "--out", "{tmp}/r", "--set", "reward=nope"], "unknown reward 'nope'"),
+        (["finetune", "--config", "digits-even", "--out", "{tmp}/r", "--ref", "builtin:digts"], "did you mean 'digits'?"),
+    ],
+)
+def test_finetune_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("orwcfm: error: ") and message in err and "\n" not in err

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..config import FinetuneConfig
 from ..errors import UserError
-from .trainer import FinetuneSummary, ORWCFMTrainer
+from .trainer import FinetuneSummary, ORWCFMTrainer, resolve_reward
 
 
 def resolve_reference(ref_path: str | None, cache: str | Path | None = None, progress: bool = True) -> Path:
@@ -28,9 +28,11 @@ def resolve_reference(ref_path: str | None, cache: str | Path | None = None, pro
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
                  progress: bool = True) -> FinetuneSummary:
     """Build the model from the reference's sidecar, fine-tune it and return the summary."""
+    # The reward first: a misspelt reward must fail in a second, not after pretraining a built-in reference.
+    reward_fn, _ = resolve_reward(config, cache=cache)
     reference = resolve_reference(config.ref_path, cache, progress)
     model = load_checkpoint(reference).build_model(config.ref_weights, device=config.device)
-    trainer = ORWCFMTrainer(model, config, config.device, cache=cache, progress=progress)
+    trainer = ORWCFMTrainer(model, config, config.device, reward_fn=reward_fn, cache=cache, progress=progress)
     trainer.load_pretrained(reference)
     if resume:
         trainer.resume(trainer.run_dir)

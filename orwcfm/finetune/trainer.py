@@ -73,6 +73,19 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def resolve_reward(config: FinetuneConfig, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   cache: str | Path | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The reward and its name: ``reward_fn`` if given, else ``config.reward`` by name, else CLIP on ``text_prompts``."""
+    if reward_fn is not None:
+        return reward_fn, reward_name(reward_fn)
+    if config.reward is not None:
+        return load_reward(config.reward, cache=cache, **config.reward_options), config.reward
+    if config.text_prompts is not None:
+        return load_reward("clip", cache=cache, prompts=list(config.text_prompts), **config.reward_options), "clip"
+    raise UserError("no reward given: pass reward_fn=..., or set 'reward' (a built-in name, package.module:function "
+                    "or file.py:function), or 'text_prompts' for the CLIP reward")
+
+
 def _frozen_copy(model: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
@@ -154,16 +167,7 @@ class ORWCFMTrainer:
         self.spec: ModelSpec | None = None
         self.reference_identity: dict[str, Any] = {"path": None, "weights": None, "sha256": fingerprint(self.reference)}
 
-        if reward_fn is not None:
-            self.reward_fn, self.reward_name = reward_fn, reward_name(reward_fn)
-        elif cfg.reward is not None:
-            self.reward_fn, self.reward_name = load_reward(cfg.reward, cache=cache, **cfg.reward_options), cfg.reward
-        elif cfg.text_prompts is not None:
-            self.reward_fn = load_reward("clip", cache=cache, prompts=list(cfg.text_prompts), **cfg.reward_options)
-            self.reward_name = "clip"
-        else:
-            raise UserError("no reward given: pass reward_fn=..., or set 'reward' (a built-in name, package.module:function "
-                            "or file.py:function), or 'text_prompts' for the CLIP reward")
+        self.reward_fn, self.reward_name = resolve_reward(cfg, reward_fn, cache)
 
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup_steps, 1, "constant"))
