@@ -1,5 +1,6 @@
 """The command line: real runs on tiny settings, and one clear line (no traceback) for every user mistake."""
 
+import json
 import subprocess
 import sys
 
@@ -93,3 +94,20 @@ def test_finetune_mistakes_are_one_line(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("orwcfm: error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("task, data, model_set", [
+    ("patches-jpeg", "patches", ["model.options.base_channels=8", "data.options.stride=64"]),
+    ("toy-2d", "8gaussians", ["model.options.hidden=32"]),
+])
+def test_builtin_tasks_run_end_to_end_on_a_tiny_reference(tmp_path, task, data, model_set):
+    ref = tmp_path / "ref"
+    assert main(["pretrain", "--data", data, "--out", str(ref), "--steps", "3", *QUICK, *model_set]) == 0
+    out = tmp_path / "ft"
+    assert main(["finetune", "--config", task, "--ref", str(ref), "--out", str(out), "--no-progress", "--set",
+                 "epochs=1", "steps_per_epoch=2", "batch_size=8", "buffer_size=16", "eval_samples=8",
+                 "sampling.steps=2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["reward_evaluations"] == 16
+    if task == "patches-jpeg":  # minus kilobytes of JPEG: negative, and a few hundred bytes at least
+        assert -20 < summary["reward_mean_before"] < -0.1

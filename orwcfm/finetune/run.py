@@ -37,6 +37,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | P
     if resume:
         trainer.resume(trainer.run_dir)
     summary = trainer.train(config.epochs, config.steps_per_epoch)
-    if progress:
-        print(f"run folder: {trainer.run_dir}")
+    if not progress:  # with progress on, train() has printed the table already
+        print(summary.table())
+    print(f"run folder: {trainer.run_dir}")
     return summary

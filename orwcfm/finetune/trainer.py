@@ -176,6 +176,7 @@ class ORWCFMTrainer:
         self.coupling = get_coupling(cfg.coupling)
 
         self.step = 0
+        self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
         self.buffer: SampleBuffer | None = None
         self.history: list[dict[str, Any]] = []  # one row per evaluation: epoch 0 is "before"
         self.reward_evaluations = 0
@@ -392,7 +393,7 @@ class ORWCFMTrainer:
         if self.buffer is not None:
             state["buffer"] = self.buffer.state_dict()
         extra = {"reference": self.reference_identity, "reward": self.reward_name, "history": self.history,
-                 "event_shape": list(self._shape()), "steps_per_epoch": getattr(self, "steps_per_epoch", None)}
+                 "event_shape": list(self._shape()), "steps_per_epoch": self.steps_per_epoch}
         return ckpt.save_checkpoint(path, model=self.model, spec=self.spec, kind="finetune", step=self.step,
                                     config=to_dict(self.config), ema_model=self.ema.module if self.ema is not None else None,
                                     policy_model=self.policy, train_state=state, extra=extra)
