@@ -50,12 +50,29 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = N
     return path
 
 
-def save_scatter(points: torch.Tensor, path: str | Path, title: str = "", reference: torch.Tensor | None = None) -> Path:
-    """Scatter plot of (N, 2) points, or a histogram of (N, 1) values; ``reference`` is drawn underneath in grey."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure; the folder is created."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
+def save_scatter(points: torch.Tensor, path: str | Path, title: str = "", reference: torch.Tensor | None = None) -> Path:
+    """Scatter plot of (N, 2) points, or a histogram of (N, 1) values; ``reference`` is drawn underneath in grey."""
+    plt = _pyplot()
 
     pts = points.detach().float().cpu().numpy()
     ref = reference.detach().float().cpu().numpy() if reference is not None else None
@@ -78,12 +95,7 @@ def save_scatter(points: torch.Tensor, path: str | Path, title: str = "", refere
     if ref is not None:
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_samples(samples: torch.Tensor, path: str | Path, title: str = "") -> Path:
@@ -96,10 +108,7 @@ def save_samples(samples: torch.Tensor, path: str | Path, title: str = "") -> Pa
 def save_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Plot per-epoch evaluation rows (``epoch`` plus numbers) as one panel per metric: reward, target fraction
     (when present), diversity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     keys = [k for k in ("reward_mean", "target_fraction", "diversity") if all(k in row for row in history)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), dpi=110, squeeze=False)
@@ -110,9 +119,4 @@ def save_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
