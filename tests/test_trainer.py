@@ -192,3 +192,13 @@ def test_unknown_shape_and_bad_arguments(reference, tmp_path):
         ORWCFMTrainer(Bare(), {"temprature": 1.0}, reward_fn=lambda x: x.sum(1))
     with pytest.raises(UserError, match="reference not found"):
         make(reference, tmp_path).load_pretrained(tmp_path / "missing")
+
+
+def test_sampling_mid_run_does_not_change_the_run(reference, tmp_path):
+    plain = make(reference, tmp_path / "a")
+    plain.train(num_epochs=1, steps_per_epoch=5)
+    peeked = make(reference, tmp_path / "b")
+    peeked.sample(100)  # a user looking at samples must not shift the training noise stream
+    peeked.train(num_epochs=1, steps_per_epoch=5)
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(peeked.model.state_dict()[key], value, rtol=0, atol=0)

@@ -155,6 +155,7 @@ class ORWCFMTrainer:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)  # dropout and other global-RNG use
         self.generator = torch.Generator().manual_seed(cfg.seed)  # policy noise, minibatch order, x0, t: on the CPU
+        self._sample_generator = torch.Generator().manual_seed(cfg.seed + 2)  # sample() without a seed
 
         self.model = model.to(self.device)
         # The reference runs without dropout; unless asked otherwise the model does too (eval mode), so that
@@ -234,7 +235,8 @@ class ORWCFMTrainer:
     def sample(self, n: int, *, use_ema: bool = False, seed: int | None = None) -> torch.Tensor:
         """``n`` samples (n, *shape) of the current model (or its EMA), with the configured solver."""
         net = self.ema.module if use_ema and self.ema is not None else self.model
-        gen = torch.Generator().manual_seed(seed) if seed is not None else self.generator
+        # never the training generator: looking at samples mid-run must not change the run
+        gen = torch.Generator().manual_seed(seed) if seed is not None else self._sample_generator
         x0 = torch.randn((n, *self._shape()), generator=gen).to(self.device)
         was_training = net.training
         net.eval()
