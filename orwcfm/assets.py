@@ -51,12 +51,14 @@ class ClassifierInfo:
 
 
 def digits_classifier(cache: str | Path | None = None, *, seed: int = 0, holdout: float = 0.2,
-                      epochs: int = 40, progress: bool = False) -> ClassifierInfo:
+                      epochs: int = 40, width: int = 32, progress: bool = False) -> ClassifierInfo:
     """The digits classifier used as reward and judge: trained on a seeded (1 - holdout) split, cached.
 
     Returns it in eval mode, with its accuracy on the held-out split.
     """
     settings = {"version": CLASSIFIER_VERSION, "seed": seed, "holdout": holdout, "epochs": epochs}
+    if width != 32:  # only then, so that the default classifier keeps its cache key
+        settings["width"] = width
     folder = cache_dir(cache) / f"digits-classifier-{_digest(settings)}"
     if (folder / "meta.json").exists():
         meta = json.loads((folder / "meta.json").read_text())
@@ -68,7 +70,7 @@ def digits_classifier(cache: str | Path | None = None, *, seed: int = 0, holdout
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(holdout * len(data)))
     test, train = order[:n_test], order[n_test:]
-    architecture = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    architecture = {"num_classes": 10, "in_channels": 1, "image_size": 8, "width": width}
     model = DigitsClassifier(**architecture)
     train_classifier(model, data.x[train], data.labels[train], epochs=epochs, seed=seed, progress=progress)
     acc = accuracy(model, data.x[test], data.labels[test])
@@ -79,6 +81,16 @@ def digits_classifier(cache: str | Path | None = None, *, seed: int = 0, holdout
     shutil.rmtree(folder, ignore_errors=True)
     os.rename(tmp, folder)
     return ClassifierInfo(model.eval(), acc, folder)
+
+
+def gold_classifier(cache: str | Path | None = None, progress: bool = False) -> ClassifierInfo:
+    """The held-out "gold" judge of digit samples: another split (seed 1) and a narrower network (width 16).
+
+    A reward optimised against the main classifier can exploit its blind spots; the gold classifier never
+    took part in training, so a gap between the two (optimised reward up, gold reward flat) shows
+    over-optimisation.
+    """
+    return digits_classifier(cache, seed=1, width=16, progress=progress)
 
 
 def reference_config(name: str = "digits", **overrides) -> PretrainConfig:

@@ -3,6 +3,9 @@
     orwcfm pretrain --data NAME --out DIR [--steps N] [--config FILE] [--set key=value ...]
     orwcfm finetune --config FILE [--ref DIR] --out DIR [--set key=value ...] [--resume]
     orwcfm sample   --ckpt DIR -n N --out FILE.png
+    orwcfm evaluate --ckpt DIR [--reward NAME] [-n N] [--out FILE.json]
+    orwcfm sweep    --config FILE --grid KEY=V1,V2 [--grid ...] --out DIR [--set key=value ...]
+    orwcfm report   RUN_OR_SWEEP_DIR [--out FILE.html]
     orwcfm demo     [--out DIR]
 
 A user mistake (unknown name, bad value, missing file) prints one line, ``orwcfm: error: ...``, and exits
@@ -25,6 +28,18 @@ def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override config keys, dotted for nested ones: --set learning_rate=1e-3 model.options.base_channels=64")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_common_run_flags_no_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override config keys in every cell: --set epochs=6")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import cmd_report as report
+
+    return report(args)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -86,6 +101,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.ckpt, reward=args.reward, num_samples=args.n, seed=args.seed, weights=args.weights,
+                                 solver=args.solver, steps=args.steps, cache=args.cache, device=args.device)
+    out = Path(args.out) if args.out else Path(result.checkpoint) / "evaluation.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2))
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror}") from None
+    print(result.table())
+    print(f"\nmetrics written to {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_grid, plan_sweep, run_sweep
+
+    grid = parse_grid(args.grid)
+    cells = plan_sweep(args.config, grid, args.out, args.overrides)  # every cell validated before any run
+    print(f"sweep of {len(cells)} cells into {args.out}: " + "; ".join(f"{k} in {v}" for k, v in grid.items()), flush=True)
+    result = run_sweep(cells, args.out, grid=grid, config=args.config, overrides=args.overrides, cache=args.cache,
+                       progress=not args.no_progress)
+    print()
+    print(result.markdown_path.read_text())
+    print(f"table: {result.csv_path} and {result.markdown_path}; trade-off plot: {result.plot_path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -130,6 +177,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="samples integrated at once")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="sample a checkpoint and measure reward, diversity and distance to the reference")
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint folder or run folder (its newest checkpoint)")
+    p.add_argument("--reward", metavar="NAME", help="reward to measure (default: the one the run was fine-tuned with)")
+    p.add_argument("-n", type=int, default=1000, metavar="N", help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--weights", choices=("ema", "raw"), help="EMA or raw weights (default: EMA when the checkpoint has it)")
+    p.add_argument("--solver", help="ODE solver (default: the checkpoint's config)")
+    p.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's config)")
+    p.add_argument("--out", metavar="FILE.json", help="where to write the metrics (default CHECKPOINT/evaluation.json)")
+    p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="fine-tune over a grid of settings; table and trade-off plot (resumable)")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML config or built-in task name (digits-even, ...)")
+    p.add_argument("--grid", metavar="KEY=V1,V2", action="append", default=[], required=True,
+                   help="a config key and its values, e.g. --grid w2_coefficient=0,0.1,1 (repeat for more keys)")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep folder (run again to resume: finished cells are skipped)")
+    p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    _add_common_run_flags_no_config(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run or sweep folder")
+    p.add_argument("dir", metavar="RUN_OR_SWEEP_DIR")
+    p.add_argument("--out", metavar="FILE.html", help="default DIR/report.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the built-in main job (see README)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")

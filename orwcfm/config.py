@@ -120,8 +120,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
                 f"unknown config key '{prefix}{key}'{did_you_mean(prefix + str(key), [prefix + n for n in names])}; "
                 f"accepted keys: {', '.join(prefix + n for n in names)}"
             )
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(hints[key]):
+            # A partial mapping updates the field's own default (FinetuneConfig's midpoint x 10 sampling),
+            # not the nested class's defaults: --set sampling.steps=4 keeps solver=midpoint.
+            default = _field_default(cls, key)
+            value = merge(to_dict(default) if dataclasses.is_dataclass(default) else {}, value)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return {}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -152,19 +166,29 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise UserError(f"--set {key}: value '{raw}' is not valid YAML ({err.__class__.__name__})") from None
-        if isinstance(value, str):  # YAML 1.1 leaves 1e-3 as a string; numbers are what users mean
-            try:
-                value = float(value) if any(c in value.lower() for c in ".e") else int(value)
-            except ValueError:
-                pass
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {key}: '{part}' was already given a plain value")
-        node[parts[-1]] = value
+        set_dotted(out, key.strip(), numeric_string(value), what="--set")
     return out
+
+
+def numeric_string(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a string that spells a number becomes that number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return value
+
+
+def set_dotted(out: dict[str, Any], key: str, value: Any, what: str = "--set") -> None:
+    """``set_dotted(d, "a.b", 1)`` sets ``d["a"]["b"] = 1``, creating the inner mappings."""
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{what} {key}: '{part}' was already given a plain value")
+    node[parts[-1]] = value
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

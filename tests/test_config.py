@@ -120,3 +120,12 @@ def test_bad_finetune_values(override, message):
     with pytest.raises(UserError) as err:
         finetune_config(overrides=[override])
     assert message in str(err.value)
+
+
+def test_partial_nested_override_keeps_the_fields_own_default():
+    # FinetuneConfig samples with midpoint x 10 (not SamplingConfig's euler x 100): changing only the steps
+    # must keep midpoint.
+    from orwcfm.config import finetune_config
+
+    assert finetune_config(overrides=["sampling.steps=4"]).sampling == SamplingConfig(solver="midpoint", steps=4)
+    assert finetune_config({"sampling": {"solver": "rk4"}}).sampling == SamplingConfig(solver="rk4", steps=10)

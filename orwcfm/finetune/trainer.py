@@ -47,7 +47,7 @@ from ..runlog import RunLogger
 from ..sampling import check_solver, integrate
 from ..train import make_ema, warmup_schedule
 from .buffer import SampleBuffer
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, evaluate, generate, make_judge
 from .orw import orw_cfm_w2_loss, reward_weights
 
 
@@ -86,10 +86,25 @@ def resolve_reward(config: FinetuneConfig, reward_fn: Callable[[torch.Tensor], t
                     "or file.py:function), or 'text_prompts' for the CLIP reward")
 
 
+def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
+    """The plain numbers of a history row (epoch and step left out)."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+
+
 def _frozen_copy(model: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
     return frozen
+
+
+# Metrics shown in the summary table when the evaluation measured them (key, label).
+SUMMARY_EXTRA_ROWS = (
+    ("gold_target_fraction", "target fraction, gold classifier (held out)"),
+    ("vendi", "Vendi score"),
+    ("class_entropy", "class entropy (nats)"),
+    ("w2_to_reference", "W2 to reference (exact, empirical)"),
+    ("digits_fd_data", "digits-FD to the data"),
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,8 @@ class FinetuneSummary:
     target_fraction_after: float | None = None
     class_histogram_after: list[float] | None = None
     dropped_samples: int = 0
+    metrics_before: dict[str, float] | None = None  # every scalar of the first evaluation (epoch 0)
+    metrics_after: dict[str, float] | None = None  # and of the last
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -121,6 +138,10 @@ class FinetuneSummary:
                 ("diversity (mean pairwise distance)", self.diversity_before, self.diversity_after)]
         if self.target_fraction_before is not None:
             rows.insert(1, ("target fraction", self.target_fraction_before, self.target_fraction_after))
+        before, after = self.metrics_before or {}, self.metrics_after or {}
+        for key, label in SUMMARY_EXTRA_ROWS:
+            if key in before and key in after:
+                rows.append((label, before[key], after[key]))
         lines = ["| metric | before | after |", "|---|---|---|"]
         lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
         if self.class_histogram_after is not None:
@@ -183,6 +204,8 @@ class ORWCFMTrainer:
         self.reward_evaluations = 0
         self.dropped_samples = 0
         self.run_dir = Path(cfg.savedir) / cfg.run_name if cfg.run_name else Path(cfg.savedir)
+        self._reference_cache: tuple[torch.Tensor, float] | None = None  # reference samples on the eval noise
+        self._judge: Any = False  # built on first evaluation (False: not yet; None: no judge for this task)
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading.
@@ -222,6 +245,7 @@ class ORWCFMTrainer:
             self.ema.module.load_state_dict(self.model.state_dict())
             self.ema.n_averaged.zero_()
         self.reference_identity = {"path": str(source), "weights": which, "sha256": fingerprint(self.reference)}
+        self._reference_cache = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Sampling and evaluation.
@@ -250,10 +274,25 @@ class ORWCFMTrainer:
         gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
         return torch.randn((self.config.eval_samples, *self._shape()), generator=gen).to(self.device)
 
+    def _reference_eval(self) -> tuple[torch.Tensor, float]:
+        """The reference's samples on the evaluation noise and their median pairwise distance (the Vendi
+        bandwidth), computed once: every evaluation is compared with the same reference set."""
+        if self._reference_cache is None:
+            from ..metrics import median_distance
+
+            ref = generate(self.reference, self._eval_noise(), solver=self.config.sampling.solver, steps=self.config.sampling.steps)
+            self._reference_cache = (ref, median_distance(ref))
+        return self._reference_cache
+
     def evaluate(self) -> Evaluation:
-        """Metrics of the current model on the fixed evaluation noise."""
+        """Metrics of the current model on the fixed evaluation noise, with distances to the reference."""
+        if self._judge is False:
+            self._judge = make_judge(self.event_shape, self.reward_fn, self.cache)
+        ref_samples, bandwidth = self._reference_eval()
         return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=self.config.sampling.solver,
-                        steps=self.config.sampling.steps, name=self.reward_name, step=self.step)
+                        steps=self.config.sampling.steps, name=self.reward_name, step=self.step,
+                        reference=self.reference, reference_samples=ref_samples, vendi_bandwidth=bandwidth,
+                        judge=self._judge)
 
     def _collect(self, n: int) -> SampleBuffer:
         """Draw ``n`` samples from the frozen policy and score them (the only place the reward is called)."""
@@ -375,6 +414,7 @@ class ORWCFMTrainer:
             diversity_before=first["diversity"], diversity_after=last["diversity"], wall_seconds=wall_seconds,
             target_fraction_before=first.get("target_fraction"), target_fraction_after=last.get("target_fraction"),
             class_histogram_after=last.get("class_histogram"), dropped_samples=self.dropped_samples,
+            metrics_before=_numbers(first), metrics_after=_numbers(last),
         )
 
     # ------------------------------------------------------------------------------------------------------------
