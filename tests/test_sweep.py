@@ -1,6 +1,7 @@
 """``orwcfm sweep`` and ``orwcfm evaluate``: bad grids refused before any run, a real tiny sweep that resumes by
 skipping finished cells, and a checkpoint evaluation whose numbers match an independent recomputation."""
 
+import base64
 import csv
 import json
 
@@ -111,6 +112,13 @@ def test_sweep_runs_writes_table_and_plot_and_skips_finished_cells(tmp_path, ref
     assert (out / "tradeoff.png").stat().st_size > 1000
     plan = json.loads((out / "sweep.json").read_text())
     assert plan["grid"] == {"w2_coefficient": [0, 1]} and len(plan["cells"]) == 2
+
+    # The report of the sweep: one file, the trade-off plot embedded byte for byte.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert base64.b64encode((out / "tradeoff.png").read_bytes()).decode() in page
+    assert "w2_coefficient=1" in page and 'src="http' not in page
+    capsys.readouterr()
 
     # Run again: nothing is retrained.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}
