@@ -107,7 +107,9 @@ def test_ot_coupling_keeps_each_weight_with_its_sample():
     weights = torch.tensor([2.0, 0.0], dtype=torch.float64)  # only x1[0] counts
     t = torch.tensor([0.5, 0.5], dtype=torch.float64)
     model = Linear()
-    out = orw_cfm_w2_loss(model, None, x1, weights, x0, t, alpha=0.0, coupling=ot_coupling)
+    # resample=False: weights on pairs (the default resamples before OT, see the next tests); when weights are
+    # kept as weights they must travel with their samples through the permutation.
+    out = orw_cfm_w2_loss(model, None, x1, weights, x0, t, alpha=0.0, coupling=ot_coupling, resample=False)
     # OT pairs x1[0] = (10, 0) with x0[1] = (9, 0): the loss must be 2 * err of that pair / 2 samples
     pair_x0, pair_x1 = x0[1:2], x1[0:1]
     xt = 0.5 * pair_x0 + 0.5 * pair_x1
@@ -127,3 +129,44 @@ def test_alpha_zero_needs_no_reference_and_alpha_positive_does():
     assert orw_cfm_w2_loss(m, None, x, torch.ones(2, dtype=torch.float64), x, t, alpha=0.0).w2.item() == 0.0
     with pytest.raises(ValueError, match="needs a reference"):
         orw_cfm_w2_loss(m, None, x, torch.ones(2, dtype=torch.float64), x, t, alpha=1.0)
+
+
+def test_systematic_resample_draws_each_sample_floor_or_ceil_of_its_share():
+    from orwcfm.finetune.orw import systematic_resample
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([0.0, 5.0, 0.5, 2.5, 0.0, 0.0, 0.0, 0.0])  # B = 8, shares B * w / sum = w
+    total = torch.zeros(8)
+    for _ in range(2000):
+        counts = torch.bincount(systematic_resample(w, g), minlength=8).float()
+        assert torch.all(counts >= torch.floor(w)) and torch.all(counts <= torch.ceil(w))
+        total += counts
+    assert torch.allclose(total / 2000, w, atol=0.05)  # unbiased: E[count] = share
+
+
+def test_ot_pairing_applies_the_weights_by_resampling_before_pairing():
+    # A sample with weight 0 must not reach the loss at all under OT pairing (weighting the pairs instead would
+    # also weight the noise it is paired with).
+    from orwcfm.couplings import ot_coupling
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, t, x):
+            self.seen = x.detach().clone()
+            return x * 0 + self.p
+
+    x1 = torch.tensor([[100.0], [1.0], [2.0], [3.0]])
+    w = torch.tensor([0.0, 4 / 3, 4 / 3, 4 / 3])
+    model = Recorder()
+    t = torch.ones(4)  # x_t = x1: what the model sees is the (resampled, paired) data
+    out = orw_cfm_w2_loss(model, None, x1, w, torch.zeros(4, 1), t, alpha=0.0, coupling=ot_coupling,
+                          generator=torch.Generator().manual_seed(0))
+    assert 100.0 not in model.seen.flatten().tolist()
+    # with unit weights after resampling, the loss is the plain mean over the resampled pairs
+    assert out.loss.item() == pytest.approx(model.seen.pow(2).mean().item())
+    # independent pairing keeps the weights as weights (the paper's estimator): the zero-weight sample is seen
+    orw_cfm_w2_loss(model, None, x1, w, torch.zeros(4, 1), t, alpha=0.0)
+    assert 100.0 in model.seen.flatten().tolist()

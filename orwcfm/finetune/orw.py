@@ -8,6 +8,15 @@ Given policy samples ``x1`` with rewards ``r``::
     loss = mean_i [ w_i ||v_theta(t, x_t) - u_t||^2  +  alpha ||v_theta(t, x_t) - v_ref(t, x_t)||^2 ]
 
 The second term is the tractable bound on W2^2(p_theta, p_ref) (up to e^{2L}); alpha = 0 is plain ORW-CFM.
+
+Weights and couplings that look at x1 (minibatch OT) do not mix: a weight on the pair (x0_i, x1_sigma(i)) tilts
+the *noise* x0_i as much as the sample, so the learned flow maps a tilted noise distribution to the tilted data,
+while sampling starts from plain N(0, I). In 1-D (OT = the monotone map) the two tilts cancel exactly and the
+model does not move at all. The cure is to apply the weights *before* pairing: resample the minibatch with
+probabilities w_i / B (systematic resampling: each sample is drawn floor or ceil of w_i times) and use unit
+weights. The expected loss is the same as with weights under independent pairing; only then is x1 OT-paired.
+``resample=None`` (the default) does this exactly when the coupling is not the independent one.
+
 Squared norms are averaged over the event dimensions (as in the pretraining loss): this rescales both terms by
 the same 1/D, so alpha means the same thing, and learning rates carry over between image sizes.
 """
@@ -63,6 +72,23 @@ def _per_sample_sq(diff: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).flatten(1).mean(1)
 
 
+def systematic_resample(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices (B,) drawing each of B samples floor or ceil of ``B * w_i / sum(w)`` times (systematic resampling).
+
+    Unbiased (E[count_i] = B w_i / sum w) with the least spread of any resampling scheme; one uniform number,
+    drawn on the CPU from ``generator`` so that the device never has to synchronise. ``weights``: (B,) >= 0.
+
+    >>> systematic_resample(torch.tensor([0.0, 3.0, 1.0, 0.0]), torch.Generator().manual_seed(0)).tolist()
+    [1, 1, 1, 2]
+    """
+    b = weights.shape[0]
+    u = torch.rand((), generator=generator).to(weights.device)
+    positions = (torch.arange(b, device=weights.device, dtype=torch.float64) + u) / b
+    cdf = torch.cumsum(weights.double(), 0)
+    cdf = cdf / cdf[-1]
+    return torch.searchsorted(cdf, positions, right=True).clamp_max(b - 1)
+
+
 def orw_cfm_w2_loss(
     model: nn.Module,
     reference: nn.Module | None,
@@ -74,6 +100,8 @@ def orw_cfm_w2_loss(
     alpha: float,
     path: StraightPath = StraightPath(),
     coupling: Callable[[torch.Tensor, torch.Tensor], Pairing] = independent_coupling,
+    resample: bool | None = None,
+    generator: torch.Generator | None = None,
 ) -> ORWLoss:
     """The ORW-CFM-W2 loss of one batch.
 
@@ -87,9 +115,15 @@ def orw_cfm_w2_loss(
         alpha: the W2 coefficient (``w2_coefficient``), >= 0.
         path: the probability path.
         coupling: how ``x0`` and ``x1`` are paired; its permutation is applied to ``weights`` too.
+        resample: apply the weights by resampling ``x1`` before pairing (unit weights after); default: when
+            ``coupling`` is not the independent one (see the module docstring for why).
+        generator: the random source of the resampling.
     """
     if weights.shape != (x1.shape[0],):
         raise ValueError(f"weights must have shape ({x1.shape[0]},) to match x1 {tuple(x1.shape)}, got {tuple(weights.shape)}")
+    if resample if resample is not None else coupling is not independent_coupling:
+        x1 = x1[systematic_resample(weights, generator)]
+        weights = torch.ones_like(weights)
     pair = coupling(x0, x1)
     w = weights[pair.index]  # the weight travels with its sample (the published code forgot this)
     target = path.sample(pair.x0, pair.x1, t)

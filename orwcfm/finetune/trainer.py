@@ -354,7 +354,7 @@ class ORWCFMTrainer:
                     x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
                     t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
                     out = orw_cfm_w2_loss(self.model, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
-                                          path=self.path, coupling=self.coupling)
+                                          path=self.path, coupling=self.coupling, generator=self.generator)
                     self.optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
