@@ -267,14 +267,17 @@ def save_tradeoff(rows: list[dict[str, Any]], reference: dict[str, Any], path: P
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.plot([r[x_key] for r in points], [r[y_key] for r in points], "o", color="C0", ms=6)
-    for r in points:
+    fig, ax = plt.subplots(figsize=(6.4, 4.5), dpi=120)
+    if len(grid_keys) == 1:  # one key: a thin line through the cells in grid order shows the path
+        ax.plot([r[x_key] for r in points], [r[y_key] for r in points], "-", color="0.75", lw=1, zorder=1)
+    # One colour and legend entry per cell: labels next to points become ambiguous when cells sit close together.
+    colours = plt.get_cmap("viridis")([i / max(1, len(points) - 1) for i in range(len(points))])
+    for r, colour in zip(points, colours):
         label = ", ".join(f"{_short(k)}={r[k]}" for k in grid_keys)
-        ax.annotate(label, (r[x_key], r[y_key]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.plot([r[x_key]], [r[y_key]], "o", color=colour, ms=7, label=label, zorder=2)
     if x_key in reference and y_key in reference:
-        ax.plot([reference[x_key]], [reference[y_key]], "*", color="C3", ms=12, label="reference")
-        ax.legend(loc="best", fontsize=8)
+        ax.plot([reference[x_key]], [reference[y_key]], "*", color="C3", ms=13, label="reference", zorder=2)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     ax.set_xlabel("diversity (mean pairwise distance)  ->  more diverse")
     ax.set_ylabel(y_key.replace("_", " "))
     ax.set_title("reward / diversity trade-off, one point per sweep cell", fontsize=9)
