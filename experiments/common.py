@@ -63,6 +63,7 @@ def plot_epochs(runs: dict[str, list[dict[str, Any]]], keys: Sequence[str], path
         for label, rows in runs.items():
             ax.plot(range(len(rows)), [r.get(key, float("nan")) for r in rows], "o-", ms=2.5, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
     if len(runs) > 1:
