@@ -20,8 +20,9 @@ reference itself. Three kinds of interval are reported:
   the fitted model, which separates the error of one epoch's fit from errors carried over from earlier epochs.
 
 The defaults (lr 3e-5, batch 512, buffer 32768, 400 steps per epoch, independent pairing, midpoint x 10) come
-from ``--sweep``; a last two-epoch run with OT pairing shows that OT pairing does not follow the tilt
-(``--no-ot-check`` skips it). docs/reproduction.md has the numbers and the caveats.
+from ``--sweep``; a last two-epoch run with OT pairing checks that OT pairing follows the tilt too (it did not
+before the loss resampled by weight ahead of OT pairing; ``--no-ot-check`` skips it). docs/reproduction.md has
+the numbers and the caveats.
 
 Prints Markdown tables and the wall time, writes ``OUT/results.json`` and the figure (``--figure``).
 Runs with one torch thread by default (``--threads``).
