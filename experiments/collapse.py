@@ -11,11 +11,10 @@ the real digits. Writes docs/images/collapse.png (curves) and docs/images/collap
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from common import Clock, eval_rows, image_strip, markdown, plot_epochs
+from common import Clock, eval_rows, image_strip, markdown, plot_epochs, run_parser
 
 from orwcfm.config import finetune_config
 from orwcfm.finetune.run import run_finetune
@@ -24,13 +23,9 @@ KEYS = ("target_fraction", "diversity", "vendi", "class_entropy", "digits_fd_dat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_parser(__doc__, out="runs/collapse")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0])
-    parser.add_argument("--out", default="runs/collapse")
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--images", default="docs/images", help="where the figures go")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
     clock = Clock()
 

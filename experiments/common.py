@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+
+def run_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The flags every reproduction script takes: --out (run folders), --cache (built-in assets), --images
+    (where the figures go) and --set KEY=VALUE (config overrides for every run); the script adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=out, help=f"run folders (default {out})")
+    parser.add_argument("--cache", default=None, help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    parser.add_argument("--images", default="docs/images", help="where the figures go")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="config overrides for every run")
+    return parser
 
 
 def eval_rows(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -12,11 +12,10 @@ to the reference per alpha; writes docs/images/jpeg_tradeoff.png and docs/images
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
-from common import Clock, image_strip, markdown
+from common import Clock, image_strip, markdown, run_parser
 
 from orwcfm.assets import builtin_reference, reference_config
 from orwcfm.sweep import plan_sweep, run_sweep
@@ -30,13 +29,9 @@ REFERENCE = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_parser(__doc__, out="runs/jpeg")
     parser.add_argument("--values", type=float, nargs="+", default=[0.0, 0.1, 1.0])
     parser.add_argument("--temperature", type=float, default=50.0, help="tau (the reward is in kB)")
-    parser.add_argument("--out", default="runs/jpeg")
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--images", default="docs/images")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
     clock = Clock()
 

@@ -11,11 +11,10 @@ Writes docs/images/online_offline.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from common import Clock, eval_rows, image_strip, markdown, plot_epochs
+from common import Clock, eval_rows, image_strip, markdown, plot_epochs, run_parser
 
 from orwcfm.config import finetune_config
 from orwcfm.finetune.run import run_finetune
@@ -24,12 +23,8 @@ KEYS = ("target_fraction", "gold_target_fraction", "diversity", "w2_to_reference
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_parser(__doc__, out="runs/online_offline")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--out", default="runs/online_offline")
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--images", default="docs/images")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
     clock = Clock()
 

@@ -12,11 +12,10 @@ docs/images/tradeoff_<which>.png. The same table comes from
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
-from common import Clock, markdown
+from common import Clock, markdown, run_parser
 
 from orwcfm.sweep import plan_sweep, run_sweep
 
@@ -32,13 +31,9 @@ def monotone(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_parser(__doc__, out="runs/tradeoff")
     parser.add_argument("--which", choices=KEYS, required=True)
     parser.add_argument("--values", type=float, nargs="+")
-    parser.add_argument("--out", default="runs/tradeoff")
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--images", default="docs/images")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
     clock = Clock()
 

@@ -14,12 +14,11 @@ Theory: W2^2 <= coupled <= e^{2L} * integral (L: Lipschitz constant of v_ref). W
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
-from common import Clock, eval_rows, markdown
+from common import Clock, eval_rows, markdown, run_parser
 
 from orwcfm.config import finetune_config
 from orwcfm.finetune.run import run_finetune
@@ -36,13 +35,9 @@ def last_logged(run_dir: Path, key: str, steps_per_epoch: int, log_every: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = run_parser(__doc__, out="runs/w2_bound")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out", default="runs/w2_bound")
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--images", default="docs/images")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args()
     clock = Clock()
 

@@ -178,9 +178,18 @@ def test_evaluate_refuses_missing_reward_and_tiny_n(reference, capsys):
 
 
 def test_evaluate_pretrained_checkpoint_with_a_named_reward(reference):
+    from orwcfm.metrics import mean_pairwise_distance, vendi_score
+    from orwcfm.rewards import load_reward
+
     result = evaluate_checkpoint(reference, reward="linear", num_samples=32)
     assert result.reference is None and "w2_to_reference" not in result.metrics
-    assert result.metrics["diversity"] > 0 and result.metrics["vendi"] >= 1.0
+    # the samples are the checkpoint's, integrated with its own sampling settings from seed-0 noise
+    noise = torch.randn((32, 2), generator=torch.Generator().manual_seed(0))
+    x = integrate(load_checkpoint(reference).build_model("ema"), noise, solver=result.solver, steps=result.steps).samples
+    assert torch.allclose(result.evaluation.samples, x, atol=1e-6)
+    assert result.metrics["reward_mean"] == pytest.approx(load_reward("linear")(x).mean().item(), rel=1e-5)
+    assert result.metrics["diversity"] == pytest.approx(mean_pairwise_distance(x), rel=1e-6)
+    assert result.metrics["vendi"] == pytest.approx(vendi_score(x), rel=1e-6)  # no reference: median bandwidth
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Data flow of one evaluation::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,16 +66,25 @@ class Evaluation:
         return out
 
 
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode (no dropout) for the block, and restore each one's mode after it."""
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(models, was):
+            m.train(training)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, batch_size: int = 1000) -> torch.Tensor:
     """Integrate ``model`` (in eval mode) from ``noise`` (N, *shape) in chunks; returns (N, *shape)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat([integrate(model, noise[i : i + batch_size], solver=solver, steps=steps).samples
                           for i in range(0, len(noise), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -90,34 +100,24 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
     ``bound_samples`` only (an expectation: a few hundred samples estimate it well, at a quarter of the cost). ``vendi_bandwidth`` fixes
     the Vendi kernel's scale (pass the reference's median distance so that scores compare across epochs).
     """
-    # The first `bound_samples` are integrated with their trajectory kept: the W2 bound reuses it.
-    n_bound = min(len(noise), bound_samples) if reference is not None else 0
-    head = None
-    if n_bound:
-        was_training = model.training
-        model.eval()
-        try:
-            head = integrate(model, noise[:n_bound], solver=solver, steps=steps, return_trajectory=True)
-        finally:
-            model.train(was_training)
-    rest = generate(model, noise[n_bound:], solver=solver, steps=steps, batch_size=batch_size) if n_bound < len(noise) else None
-    x = torch.cat([p for p in (head.samples if head else None, rest) if p is not None])
-    scored = call_reward(reward_fn, x, name=name, step=step, on_bad="drop")  # NaNs are left out of the statistics
-    task = dict(reward_fn.metrics(x)) if hasattr(reward_fn, "metrics") else {}
-    distances: dict[str, float] = {}
-    if reference is not None:
-        if reference_samples is None:
-            reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
-        distances["w2_to_reference"] = empirical_w2(x, reference_samples)
-        was = model.training, reference.training
-        model.eval(), reference.eval()
-        try:
+    nets = (model,) if reference is None else (model, reference)
+    with eval_mode(*nets):
+        # The first `bound_samples` are integrated with their trajectory kept: the W2 bound reuses it.
+        n_bound = min(len(noise), bound_samples) if reference is not None else 0
+        head = integrate(model, noise[:n_bound], solver=solver, steps=steps, return_trajectory=True) if n_bound else None
+        rest = generate(model, noise[n_bound:], solver=solver, steps=steps, batch_size=batch_size) if n_bound < len(noise) else None
+        x = torch.cat([p for p in (head.samples if head else None, rest) if p is not None])
+        distances: dict[str, float] = {}
+        if reference is not None:
+            if reference_samples is None:
+                reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
+            distances["w2_to_reference"] = empirical_w2(x, reference_samples)
             bound = w2_bound(model, reference, noise[:n_bound], solver=solver, steps=steps,
                              reference_samples=reference_samples[:n_bound], trajectory=head)
-        finally:
-            model.train(was[0]), reference.train(was[1])
-        distances["w2_bound"] = bound.integral
-        distances["coupled_sq"] = bound.coupled_sq
+            distances["w2_bound"] = bound.integral
+            distances["coupled_sq"] = bound.coupled_sq
+    scored = call_reward(reward_fn, x, name=name, step=step, on_bad="drop")  # NaNs are left out of the statistics
+    task = dict(reward_fn.metrics(x)) if hasattr(reward_fn, "metrics") else {}
     if judge is not None:
         task.update(judge(x, reference_samples))
     return Evaluation(
@@ -143,8 +143,12 @@ class DigitsJudge:
 
     def __init__(self, classifier: nn.Module, gold: nn.Module, data: torch.Tensor,
                  targets: tuple[int, ...] | None = None, log_prob: bool = False) -> None:
-        self.classifier, self.gold = classifier.eval(), gold.eval()
-        self.targets, self.log_prob = targets, log_prob
+        from ..rewards.digits import DigitsTargetReward
+
+        self.classifier = classifier.eval()
+        self.targets = targets
+        # The gold reward is the task's own reward code with the held-out classifier swapped in.
+        self.gold = DigitsTargetReward(gold, targets or "even", log_prob=log_prob)
         self.data_features = self._features(data)
 
     @torch.no_grad()
@@ -153,26 +157,20 @@ class DigitsJudge:
 
     @torch.no_grad()
     def __call__(self, samples: torch.Tensor, reference_samples: torch.Tensor | None = None) -> dict[str, Any]:
-        from ..rewards.digits import PROB_FLOOR
-
         x = samples.float().cpu()
         feats = self._features(x)
-        probs = self.classifier.out(feats).softmax(-1)
+        predicted = self.classifier.out(feats).argmax(-1)  # the features are computed once, for FD and classes
+        gold = self.gold.metrics(x)
         out: dict[str, Any] = {
-            "class_entropy": class_entropy(torch.bincount(probs.argmax(-1), minlength=probs.shape[1])),
+            "class_entropy": class_entropy(torch.bincount(predicted, minlength=self.classifier.num_classes)),
             "digits_fd_data": frechet_distance(feats, self.data_features),
+            "gold_class_entropy": class_entropy(gold["class_histogram"]),
         }
         if reference_samples is not None:
             out["digits_fd_ref"] = frechet_distance(feats, self._features(reference_samples))
-        gold = self.gold(x).softmax(-1)
-        out["gold_class_entropy"] = class_entropy(torch.bincount(gold.argmax(-1), minlength=gold.shape[1]))
         if self.targets is not None:
-            mask = torch.zeros(gold.shape[1], dtype=torch.bool)
-            mask[list(self.targets)] = True
-            p_target = gold[:, mask].sum(-1)
-            reward = p_target.clamp_min(PROB_FLOOR).log() if self.log_prob else p_target
-            out["gold_target_fraction"] = mask[gold.argmax(-1)].float().mean().item()
-            out["gold_reward_mean"] = reward.mean().item()
+            out["gold_target_fraction"] = gold["target_fraction"]
+            out["gold_reward_mean"] = self.gold(x).mean().item()
         return out
 
 

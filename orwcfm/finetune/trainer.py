@@ -47,7 +47,7 @@ from ..runlog import RunLogger
 from ..sampling import check_solver, integrate
 from ..train import make_ema, warmup_schedule
 from .buffer import SampleBuffer
-from .evaluate import Evaluation, evaluate, generate, make_judge
+from .evaluate import Evaluation, eval_mode, evaluate, generate, make_judge
 from .orw import orw_cfm_w2_loss, reward_weights
 
 
@@ -262,12 +262,8 @@ class ORWCFMTrainer:
         # never the training generator: looking at samples mid-run must not change the run
         gen = torch.Generator().manual_seed(seed) if seed is not None else self._sample_generator
         x0 = torch.randn((n, *self._shape()), generator=gen).to(self.device)
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             return integrate(net, x0, solver=self.config.sampling.solver, steps=self.config.sampling.steps).samples
-        finally:
-            net.train(was_training)
 
     def _eval_noise(self) -> torch.Tensor:
         # The same noise at every evaluation, so before/after differences come from the model alone.
