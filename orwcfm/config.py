@@ -109,7 +109,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     """Build the dataclass ``cls`` from a (nested) mapping, checking keys and types.
 
     >>> from_dict(SamplingConfig, {"solver": "rk4", "steps": 10})
-    SamplingConfig(solver='rk4', steps=10)
+    SamplingConfig(solver='rk4', steps=10, batch_size=None, precision='fp32')
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -256,13 +256,18 @@ class ModelConfig:
 
 @dataclass_frozen
 class SamplingConfig:
-    """How samples are drawn: the ODE solver and its number of steps."""
+    """How samples are drawn: the ODE solver, its number of steps, how many samples are integrated at once and at
+    which precision the network runs (``bf16``: bfloat16 autocast; the ODE state stays float32)."""
 
     solver: Literal["euler", "midpoint", "heun", "rk4", "dopri5"] = "euler"
     steps: int = 100
+    batch_size: int | None = None  # samples integrated at once; null = all at once
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         _positive("sampling.steps", self.steps)
+        if self.batch_size is not None:
+            _positive("sampling.batch_size", self.batch_size)
 
 
 @dataclass_frozen
@@ -372,8 +377,10 @@ class FinetuneConfig:
     refresh_every: int | None = None  # refresh the sampling policy every K steps; null = once per epoch
     buffer_size: int | None = None  # policy samples drawn per refresh and reused; null = a fresh batch every step
     # Policy sampling is most of the cost of a step. Midpoint x 10 (20 network evaluations) matches the digits
-    # reference's Euler x 100 samples in classifier confidence and diversity at a fifth of the cost.
-    sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(solver="midpoint", steps=10))
+    # reference's Euler x 100 samples in classifier confidence and diversity at a fifth of the cost; 512 samples
+    # at a time is faster on a CPU than one batch of 1024 (benchmarks/finetune_speed.py, docs/performance.md).
+    sampling: SamplingConfig = dataclasses.field(
+        default_factory=lambda: SamplingConfig(solver="midpoint", steps=10, batch_size=512))
     coupling: Literal["independent", "ot"] = "independent"
     sigma_min: float = 0.0
     time_sampler: Literal["uniform", "logit-normal"] = "uniform"
@@ -385,6 +392,8 @@ class FinetuneConfig:
     keep_checkpoints: int = 2
     device: str = "cpu"
     num_threads: int | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward passes (bf16: autocast)
+    compile: bool = False  # torch.compile the trained model and the policy (pays only for long runs)
 
     def __post_init__(self) -> None:
         for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "log_every", "keep_checkpoints"):

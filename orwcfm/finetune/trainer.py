@@ -16,6 +16,9 @@ model, frozen for the whole run). Data flow of one step::
     step       Adam, linear warm-up, gradient clipping, optional EMA
     log        every log_every steps (only then are numbers pulled off the device)
     epoch end  evaluate on fixed noise -> metrics, sample grid; checkpoint (atomic; last K kept)
+
+``train()`` is the whole run; ``run_steps(n)`` is the gradient steps alone (refresh, minibatch, loss, update),
+without evaluation or checkpoints: what the speed benchmark times.
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ from ..paths import StraightPath, make_time_sampler
 from ..plotting import save_curves, save_samples
 from ..rewards import call_reward, load_reward, reward_name
 from ..runlog import RunLogger
-from ..sampling import check_solver, integrate
+from ..sampling import autocast, check_solver, generate
 from ..train import make_ema, warmup_schedule
-from .buffer import SampleBuffer
-from .evaluate import Evaluation, eval_mode, evaluate, generate, make_judge
+from .buffer import Minibatch, SampleBuffer
+from .evaluate import Evaluation, eval_mode, evaluate, make_judge
 from .orw import orw_cfm_w2_loss, reward_weights
 
 
@@ -185,6 +188,10 @@ class ORWCFMTrainer:
         self.policy = _frozen_copy(self.model)
         self.reference = _frozen_copy(self.model)
         self.ema = make_ema(self.model, cfg.ema_decay)
+        # torch.compile wraps the modules and shares their parameters: checkpoints and load_state_dict keep
+        # working on the plain modules. Off by default: compiling costs about a minute on a CPU.
+        self._train_net = torch.compile(self.model) if cfg.compile else self.model
+        self._policy_net = torch.compile(self.policy) if cfg.compile else self.policy
         self.event_shape = tuple(event_shape) if event_shape else infer_event_shape(model)
         self.spec: ModelSpec | None = None
         self.reference_identity: dict[str, Any] = {"path": None, "weights": None, "sha256": fingerprint(self.reference)}
@@ -205,6 +212,8 @@ class ORWCFMTrainer:
         self.dropped_samples = 0
         self.run_dir = Path(cfg.savedir) / cfg.run_name if cfg.run_name else Path(cfg.savedir)
         self._reference_cache: tuple[torch.Tensor, float] | None = None  # reference samples on the eval noise
+        self._running: dict[str, torch.Tensor] | None = None  # sums of the logged numbers since the last log
+        self._running_count = 0
         self._judge: Any = False  # built on first evaluation (False: not yet; None: no judge for this task)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -262,8 +271,9 @@ class ORWCFMTrainer:
         # never the training generator: looking at samples mid-run must not change the run
         gen = torch.Generator().manual_seed(seed) if seed is not None else self._sample_generator
         x0 = torch.randn((n, *self._shape()), generator=gen).to(self.device)
+        s = self.config.sampling
         with eval_mode(net):
-            return integrate(net, x0, solver=self.config.sampling.solver, steps=self.config.sampling.steps).samples
+            return generate(net, x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size, precision=s.precision)
 
     def _eval_noise(self) -> torch.Tensor:
         # The same noise at every evaluation, so before/after differences come from the model alone.
@@ -276,7 +286,8 @@ class ORWCFMTrainer:
         if self._reference_cache is None:
             from ..metrics import median_distance
 
-            ref = generate(self.reference, self._eval_noise(), solver=self.config.sampling.solver, steps=self.config.sampling.steps)
+            s = self.config.sampling
+            ref = generate(self.reference, self._eval_noise(), solver=s.solver, steps=s.steps, batch_size=s.batch_size)
             self._reference_cache = (ref, median_distance(ref))
         return self._reference_cache
 
@@ -285,8 +296,11 @@ class ORWCFMTrainer:
         if self._judge is False:
             self._judge = make_judge(self.event_shape, self.reward_fn, self.cache)
         ref_samples, bandwidth = self._reference_eval()
-        return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=self.config.sampling.solver,
-                        steps=self.config.sampling.steps, name=self.reward_name, step=self.step,
+        # Evaluations always integrate in float32 (sampling.precision only speeds up the policy's samples),
+        # so that runs at either precision are measured with the same instrument.
+        s = self.config.sampling
+        return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=s.solver, steps=s.steps,
+                        batch_size=s.batch_size or 1000, name=self.reward_name, step=self.step,
                         reference=self.reference, reference_samples=ref_samples, vendi_bandwidth=bandwidth,
                         judge=self._judge)
 
@@ -294,7 +308,8 @@ class ORWCFMTrainer:
         """Draw ``n`` samples from the frozen policy and score them (the only place the reward is called)."""
         cfg = self.config
         x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
-        x1 = integrate(self.policy, x0, solver=cfg.sampling.solver, steps=cfg.sampling.steps).samples
+        s = cfg.sampling
+        x1 = generate(self._policy_net, x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size, precision=s.precision)
         scored = call_reward(self.reward_fn, x1, name=self.reward_name, step=self.step, on_bad=cfg.on_bad_reward)
         self.reward_evaluations += n
         rewards = scored.values.to(self.device)
@@ -333,49 +348,12 @@ class ORWCFMTrainer:
                        run_name=cfg.run_name, config=to_dict(cfg)) as logger:
             if not self.history:
                 self._evaluate_and_record(logger, epoch=0)
-            running = {"loss": torch.zeros((), device=self.device), "fm": torch.zeros((), device=self.device),
-                       "w2": torch.zeros((), device=self.device), "max_weight": torch.zeros((), device=self.device)}
-            count = 0
             with tqdm(total=total, initial=min(self.step, total), disable=not self.progress, unit="step",
                       desc=f"finetune {self.reward_name}") as bar:
                 while self.step < total:
-                    refresh = self.buffer is None or self.step % (cfg.refresh_every or steps_per_epoch) == 0
-                    if refresh:
-                        self._refresh_policy()
-                    if refresh or cfg.buffer_size is None:
-                        self.buffer = self._collect(cfg.buffer_size or cfg.batch_size)
-                    batch = self.buffer.next(min(cfg.batch_size, len(self.buffer)))
-
-                    weights = reward_weights(batch.rewards, cfg.temperature)
-                    x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
-                    t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
-                    out = orw_cfm_w2_loss(self.model, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
-                                          path=self.path, coupling=self.coupling, generator=self.generator)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update_parameters(self.model)
-                    self.step += 1
-                    bar.update(1)
-
-                    for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2), ("max_weight", weights.max())):
-                        running[key] += value
-                    count += 1
-                    if self.step % cfg.log_every == 0 or self.step == total:
-                        row = {k: (v / count).item() for k, v in running.items()}
-                        if not math.isfinite(row["loss"]):
-                            raise RuntimeError(f"fine-tuning diverged at step {self.step}: loss is {row['loss']}; "
-                                               f"try a smaller learning_rate (now {cfg.learning_rate})")
-                        row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                                   reward_batch_mean=batch.rewards.mean().item(), dropped_samples=self.dropped_samples)
-                        logger.log(self.step, row, prefix="train/")
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", w2=f"{row['w2']:.2e}")
-                        for v in running.values():
-                            v.zero_()
-                        count = 0
+                    # up to the end of the epoch: evaluation and checkpoints happen only between epochs
+                    self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
+                                   logger=logger, bar=bar, total=total)
                     if self.step % steps_per_epoch == 0:
                         self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
                         self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))
@@ -386,6 +364,65 @@ class ORWCFMTrainer:
         if self.progress:
             print(summary.table())
         return summary
+
+    def _next_batch(self) -> Minibatch:
+        """Refresh the policy and its samples when due, then the next minibatch (x (B, *shape), rewards (B,))."""
+        cfg = self.config
+        period = cfg.refresh_every or self.steps_per_epoch
+        if period is None:
+            raise UserError("set steps_per_epoch (train() does) or refresh_every before running steps")
+        refresh = self.buffer is None or self.step % period == 0
+        if refresh:
+            self._refresh_policy()
+        if refresh or cfg.buffer_size is None:
+            self.buffer = self._collect(cfg.buffer_size or cfg.batch_size)
+        return self.buffer.next(min(cfg.batch_size, len(self.buffer)))
+
+    def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None) -> None:
+        """``n`` gradient steps: refresh when due, minibatch, weights, loss, update (no evaluation, no checkpoint).
+
+        Nothing is read back from the device except every ``log_every`` steps (and at the step ``total``), when
+        the running means are logged to ``logger``: the hot loop never waits for the accelerator.
+        """
+        cfg = self.config
+        if self._running is None:  # kept across calls: a log interval may straddle an epoch's end
+            self._running = {k: torch.zeros((), device=self.device) for k in ("loss", "fm", "w2", "max_weight")}
+        running = self._running
+        for _ in range(n):
+            batch = self._next_batch()
+            weights = reward_weights(batch.rewards, cfg.temperature)
+            x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
+            t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
+            with autocast(self.device, cfg.precision):
+                out = orw_cfm_w2_loss(self._train_net, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
+                                      path=self.path, coupling=self.coupling, generator=self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+
+            for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2), ("max_weight", weights.max())):
+                running[key] += value
+            self._running_count += 1
+            if logger is not None and (self.step % cfg.log_every == 0 or self.step == total):
+                row = {k: (v / self._running_count).item() for k, v in running.items()}
+                if not math.isfinite(row["loss"]):
+                    raise RuntimeError(f"fine-tuning diverged at step {self.step}: loss is {row['loss']}; "
+                                       f"try a smaller learning_rate (now {cfg.learning_rate})")
+                row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                           reward_batch_mean=batch.rewards.mean().item(), dropped_samples=self.dropped_samples)
+                logger.log(self.step, row, prefix="train/")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", w2=f"{row['w2']:.2e}")
+                for v in running.values():
+                    v.zero_()
+                self._running_count = 0
 
     def _evaluate_and_record(self, logger: RunLogger, epoch: int) -> None:
         ev = self.evaluate()
