@@ -381,6 +381,10 @@ class FinetuneConfig:
     # at a time is faster on a CPU than one batch of 1024 (benchmarks/finetune_speed.py, docs/performance.md).
     sampling: SamplingConfig = dataclasses.field(
         default_factory=lambda: SamplingConfig(solver="midpoint", steps=10, batch_size=512))
+    # The instrument of every evaluation (before training, after each epoch, orwcfm evaluate): kept apart from the
+    # policy's sampler so that making training cheaper never changes how its results are measured. float32 only.
+    eval_sampling: SamplingConfig = dataclasses.field(
+        default_factory=lambda: SamplingConfig(solver="midpoint", steps=10, batch_size=512))
     coupling: Literal["independent", "ot"] = "independent"
     sigma_min: float = 0.0
     time_sampler: Literal["uniform", "logit-normal"] = "uniform"
@@ -411,6 +415,9 @@ class FinetuneConfig:
             raise UserError(f"config key 'eval_samples' must be at least 2 (diversity needs pairs), got {self.eval_samples}")
         if not 0.0 <= self.sigma_min < 1.0:
             raise UserError(f"config key 'sigma_min' must be in [0, 1), got {self.sigma_min}")
+        if self.eval_sampling.precision != "fp32":
+            raise UserError(f"config key 'eval_sampling.precision' must be fp32 (evaluations are the fixed instrument; "
+                            f"use sampling.precision to speed up training), got {self.eval_sampling.precision!r}")
         if self.text_prompts is not None and len(self.text_prompts) < 2:
             raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
 
@@ -426,6 +433,8 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
         "w2_coefficient": 0.05, "temperature": 2.0, "coupling": "ot",
         "learning_rate": 5e-4, "batch_size": 128, "buffer_size": 1024, "epochs": 12, "steps_per_epoch": 50,
         "eval_samples": 1000, "log_every": 25,
+        # the cheapest policy sampler whose samples are not worse than Euler x 100 (benchmarks/finetune_speed.py)
+        "sampling": {"solver": "rk4", "steps": 3, "batch_size": 512},
     },
     "patches-jpeg": {
         "ref_path": "builtin:patches", "reward": "jpeg-compressibility", "w2_coefficient": 1.0, "temperature": 1.0,

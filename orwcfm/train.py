@@ -73,6 +73,17 @@ def warmup_schedule(warmup_steps: int, total_steps: int, kind: str):
     return factor
 
 
+def make_adam(model: nn.Module, lr: float, device: torch.device | str, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters, with the fused kernel where torch has one (CPU, CUDA, float weights).
+
+    Fused Adam updates every tensor in one kernel: on the 88 tensors of the digits UNet it takes 0.5 ms a step
+    against 1.3 ms for the default multi-tensor loop (benchmarks/finetune_speed.py, options table).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = torch.device(device).type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     """An exponential moving average of the weights (and buffers), or None when disabled."""
     if decay is None:
@@ -102,6 +113,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     spec = resolve_model_spec(config, data)
     model = build_model(spec).to(device)
     ema = make_ema(model, config.ema_decay)
+    # plain (multi-tensor) Adam: the built-in references' cached weights were trained with it
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_schedule(config.warmup_steps, config.steps, config.lr_schedule))

@@ -248,7 +248,7 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
         raise UserError(f"{loaded.path} records no reward (a {kind} checkpoint): pass --reward NAME, e.g. digits-even")
     options = config.get("reward_options", {}) if reward is None or reward == config.get("reward") else {}
     reward_fn = load_reward(reward_name, cache=cache, **options)
-    sampling = config.get("sampling", {})
+    sampling = config.get("eval_sampling") or config.get("sampling", {})  # the run's own evaluation sampler
     solver, steps = solver or sampling.get("solver", "midpoint"), steps or sampling.get("steps", 10)
     check_solver(solver, steps)
     shape = tuple(loaded.spec.event_shape)

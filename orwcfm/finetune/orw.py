@@ -72,6 +72,11 @@ def _per_sample_sq(diff: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).flatten(1).mean(1)
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Network outputs under bf16 autocast come back in bfloat16: the loss is formed in float32 (no copy in fp32)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def systematic_resample(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Indices (B,) drawing each of B samples floor or ceil of ``B * w_i / sum(w)`` times (systematic resampling).
 
@@ -127,7 +132,7 @@ def orw_cfm_w2_loss(
     pair = coupling(x0, x1)
     w = weights[pair.index]  # the weight travels with its sample (the published code forgot this)
     target = path.sample(pair.x0, pair.x1, t)
-    v = model(t, target.x_t)
+    v = _at_least_fp32(model(t, target.x_t))
     fm = w * _per_sample_sq(v - target.u_t)
     if alpha > 0:
         if reference is None:
@@ -135,7 +140,7 @@ def orw_cfm_w2_loss(
         # The reference is frozen: no graph, no saved activations. Its output is a constant target for v.
         with torch.inference_mode():
             v_ref = reference(t, target.x_t)
-        w2 = _per_sample_sq(v - v_ref.clone())
+        w2 = _per_sample_sq(v - _at_least_fp32(v_ref.clone()))
         loss = (fm + alpha * w2).mean()
     else:
         w2 = torch.zeros_like(fm)

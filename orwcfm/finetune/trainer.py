@@ -48,7 +48,7 @@ from ..plotting import save_curves, save_samples
 from ..rewards import call_reward, load_reward, reward_name
 from ..runlog import RunLogger
 from ..sampling import autocast, check_solver, generate
-from ..train import make_ema, warmup_schedule
+from ..train import make_adam, make_ema, warmup_schedule
 from .buffer import Minibatch, SampleBuffer
 from .evaluate import Evaluation, eval_mode, evaluate, make_judge
 from .orw import orw_cfm_w2_loss, reward_weights
@@ -172,7 +172,8 @@ class ORWCFMTrainer:
                  device: torch.device | str | None = None, *, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  event_shape: tuple[int, ...] | None = None, cache: str | Path | None = None, progress: bool = True) -> None:
         cfg = self.config = config if isinstance(config, FinetuneConfig) else finetune_config(config)
-        check_solver(cfg.sampling.solver, cfg.sampling.steps)
+        for sampler in (cfg.sampling, cfg.eval_sampling):
+            check_solver(sampler.solver, sampler.steps)
         self.device = torch.device(device if device is not None else cfg.device)
         self.cache, self.progress = cache, progress
         if cfg.num_threads:
@@ -198,7 +199,7 @@ class ORWCFMTrainer:
 
         self.reward_fn, self.reward_name = resolve_reward(cfg, reward_fn, cache)
 
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
+        self.optimizer = make_adam(self.model, cfg.learning_rate, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.warmup_steps, 1, "constant"))
         self.path = StraightPath(cfg.sigma_min)
         self.time_sampler = make_time_sampler(cfg.time_sampler)
@@ -286,7 +287,7 @@ class ORWCFMTrainer:
         if self._reference_cache is None:
             from ..metrics import median_distance
 
-            s = self.config.sampling
+            s = self.config.eval_sampling
             ref = generate(self.reference, self._eval_noise(), solver=s.solver, steps=s.steps, batch_size=s.batch_size)
             self._reference_cache = (ref, median_distance(ref))
         return self._reference_cache
@@ -296,9 +297,7 @@ class ORWCFMTrainer:
         if self._judge is False:
             self._judge = make_judge(self.event_shape, self.reward_fn, self.cache)
         ref_samples, bandwidth = self._reference_eval()
-        # Evaluations always integrate in float32 (sampling.precision only speeds up the policy's samples),
-        # so that runs at either precision are measured with the same instrument.
-        s = self.config.sampling
+        s = self.config.eval_sampling  # the fixed instrument, whatever sampler the policy uses
         return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=s.solver, steps=s.steps,
                         batch_size=s.batch_size or 1000, name=self.reward_name, step=self.step,
                         reference=self.reference, reference_samples=ref_samples, vendi_bandwidth=bandwidth,
@@ -368,9 +367,8 @@ class ORWCFMTrainer:
     def _next_batch(self) -> Minibatch:
         """Refresh the policy and its samples when due, then the next minibatch (x (B, *shape), rewards (B,))."""
         cfg = self.config
-        period = cfg.refresh_every or self.steps_per_epoch
-        if period is None:
-            raise UserError("set steps_per_epoch (train() does) or refresh_every before running steps")
+        # train() sets steps_per_epoch; run_steps() alone falls back to the config's
+        period = cfg.refresh_every or self.steps_per_epoch or cfg.steps_per_epoch
         refresh = self.buffer is None or self.step % period == 0
         if refresh:
             self._refresh_policy()
