@@ -433,8 +433,6 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
         "w2_coefficient": 0.05, "temperature": 2.0, "coupling": "ot",
         "learning_rate": 5e-4, "batch_size": 128, "buffer_size": 1024, "epochs": 12, "steps_per_epoch": 50,
         "eval_samples": 1000, "log_every": 25,
-        # the cheapest policy sampler whose samples are not worse than Euler x 100 (benchmarks/finetune_speed.py)
-        "sampling": {"solver": "rk4", "steps": 3, "batch_size": 512},
     },
     "patches-jpeg": {
         "ref_path": "builtin:patches", "reward": "jpeg-compressibility", "w2_coefficient": 1.0, "temperature": 1.0,
