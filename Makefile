@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-finetune clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_digits.py
+
+bench-finetune: $(STAMP)
+	$(BIN)/python benchmarks/finetune_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -446,6 +446,23 @@ def section_options(args: argparse.Namespace, savedir: str) -> tuple[str, list[d
     record(f"training fwd+bwd (B={b}): channels-last vs contiguous", "fp32", "cl", t)
     record("buffer sampling: channels-last vs contiguous", "s", "s_cl", t)
 
+    # Adam: one fused kernel against the default multi-tensor loop (the optimiser step after gradient clipping).
+    fused_net, plain_net = copy.deepcopy(model), copy.deepcopy(model)
+    for net in (fused_net, plain_net):
+        for p in net.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    fused_opt, plain_opt = make_adam(fused_net, 1e-6, "cpu"), torch.optim.Adam(plain_net.parameters(), lr=1e-6)
+
+    def adam(net: Any, opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def fn() -> None:
+            for _ in range(10):
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+        return fn
+
+    t = median_times({"plain": adam(plain_net, plain_opt), "fused": adam(fused_net, fused_opt)}, rounds * 4)
+    record("clip + Adam step: fused vs multi-tensor (per step)", "plain", "fused", {k: v / 10 for k, v in t.items()})
+
     # Fusing the reference forward with another pass: the best it could do is the throughput gain of one pass at
     # 2B over two passes at B.
     x2, t2 = torch.cat([xt, xt]), torch.cat([tt, tt])

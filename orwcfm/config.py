@@ -376,15 +376,13 @@ class FinetuneConfig:
     steps_per_epoch: int = 100
     refresh_every: int | None = None  # refresh the sampling policy every K steps; null = once per epoch
     buffer_size: int | None = None  # policy samples drawn per refresh and reused; null = a fresh batch every step
-    # Policy sampling is most of the cost of a step. Midpoint x 10 (20 network evaluations) matches the digits
-    # reference's Euler x 100 samples in classifier confidence and diversity at a fifth of the cost; 512 samples
-    # at a time is faster on a CPU than one batch of 1024 (benchmarks/finetune_speed.py, docs/performance.md).
-    sampling: SamplingConfig = dataclasses.field(
-        default_factory=lambda: SamplingConfig(solver="midpoint", steps=10, batch_size=512))
+    # Policy sampling is most of the cost of a step. Midpoint x 10 (20 network evaluations) is the cheapest
+    # sampler that is not worse than Euler x 100 in digits-FD *and* keeps the fine-tuned model's diversity
+    # (rk4 x 3 passes the first test, not the second): benchmarks/finetune_speed.py, docs/performance.md.
+    sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(solver="midpoint", steps=10))
     # The instrument of every evaluation (before training, after each epoch, orwcfm evaluate): kept apart from the
     # policy's sampler so that making training cheaper never changes how its results are measured. float32 only.
-    eval_sampling: SamplingConfig = dataclasses.field(
-        default_factory=lambda: SamplingConfig(solver="midpoint", steps=10, batch_size=512))
+    eval_sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SamplingConfig(solver="midpoint", steps=10))
     coupling: Literal["independent", "ot"] = "independent"
     sigma_min: float = 0.0
     time_sampler: Literal["uniform", "logit-normal"] = "uniform"

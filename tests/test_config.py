@@ -127,5 +127,5 @@ def test_partial_nested_override_keeps_the_fields_own_default():
     # must keep midpoint.
     from orwcfm.config import finetune_config
 
-    assert finetune_config(overrides=["sampling.steps=4"]).sampling == SamplingConfig(solver="midpoint", steps=4, batch_size=512)
-    assert finetune_config({"sampling": {"solver": "rk4"}}).sampling == SamplingConfig(solver="rk4", steps=10, batch_size=512)
+    assert finetune_config(overrides=["sampling.steps=4"]).sampling == SamplingConfig(solver="midpoint", steps=4)
+    assert finetune_config({"sampling": {"solver": "rk4"}}).sampling == SamplingConfig(solver="rk4", steps=10)

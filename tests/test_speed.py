@@ -82,7 +82,9 @@ def test_precision_and_chunk_settings_are_validated():
         SamplingConfig(batch_size=0)
     with pytest.raises(UserError, match=r"'precision'.*'half'"):
         finetune_config({"precision": "half"})
-    assert FinetuneConfig().sampling == SamplingConfig(solver="midpoint", steps=10, batch_size=512, precision="fp32")
+    assert FinetuneConfig().sampling == SamplingConfig(solver="midpoint", steps=10, batch_size=None, precision="fp32")
+    with pytest.raises(UserError, match=r"'eval_sampling.precision' must be fp32.*got 'bf16'"):
+        finetune_config(overrides=["eval_sampling.precision=bf16"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,13 +123,13 @@ def test_training_steps_read_nothing_back_between_logs_and_refreshes(reference, 
     assert "item" in counter.calls
 
 
-def test_finetuning_uses_fused_adam_and_matches_the_unfused_update():
+def test_finetuning_uses_fused_adam_and_matches_the_unfused_update(reference, tmp_path):
+    assert make(reference, tmp_path).optimizer.defaults["fused"] is True
     torch.manual_seed(0)
     a, b = MLP(2, hidden=16, depth=2), MLP(2, hidden=16, depth=2)
     b.load_state_dict(a.state_dict())
     fused = make_adam(a, 1e-2, "cpu")
     plain = torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
-    assert fused.defaults["fused"] is True
     x, t = torch.randn(32, 2), torch.rand(32)
     for _ in range(3):
         for net, opt in ((a, fused), (b, plain)):

@@ -288,7 +288,7 @@ class ORWCFMTrainer:
             from ..metrics import median_distance
 
             s = self.config.eval_sampling
-            ref = generate(self.reference, self._eval_noise(), solver=s.solver, steps=s.steps, batch_size=s.batch_size)
+            ref = generate(self.reference, self._eval_noise(), solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000)
             self._reference_cache = (ref, median_distance(ref))
         return self._reference_cache
 
