@@ -147,9 +147,9 @@ def generate(
 ) -> torch.Tensor:
     """Integrate ``model`` from ``noise`` (N, *shape) to t = 1 without gradients, ``batch_size`` samples at a time.
 
-    Chunking bounds memory and, on a CPU, is also faster than one huge batch: the activations of a few hundred
-    8x8 samples stay in cache (``benchmarks/finetune_speed.py`` measures it). ``precision="bf16"`` runs the
-    network under bfloat16 autocast; the ODE state and the returned samples stay in ``noise.dtype``.
+    Chunking bounds memory (on a CPU it is not faster: chunks of 512 against one batch of 1024 measured
+    0.93-1.04x, ``benchmarks/finetune_speed.py``). ``precision="bf16"`` runs the network under bfloat16
+    autocast; the ODE state and the returned samples stay in ``noise.dtype``.
     Returns (N, *shape).
     """
     chunk = batch_size or len(noise)

@@ -22,7 +22,7 @@ from orwcfm.report import cmd_report, format_number, format_setting, write_repor
 from orwcfm.train import pretrain
 
 QUICK = ["epochs=2", "steps_per_epoch=2", "eval_samples=32", "buffer_size=64", "batch_size=32", "log_every=1",
-         "sampling.steps=4"]
+         "sampling.steps=4", "eval_sampling.steps=4"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from orwcfm.sweep import parse_grid, plan_sweep
 from orwcfm.train import pretrain
 
 QUICK = ["epochs=1", "steps_per_epoch=3", "eval_samples=48", "buffer_size=64", "batch_size=32", "log_every=1",
-         "sampling.steps=4"]
+         "sampling.steps=4", "eval_sampling.steps=4"]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..metrics import RewardStats, class_entropy, empirical_w2, frechet_distance, mean_pairwise_distance, reward_stats, vendi_score, w2_bound
 from ..rewards import call_reward
+from .. import sampling
 from ..sampling import integrate
 
 Judge = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, Any]]
@@ -79,12 +80,10 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
-@torch.no_grad()
 def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, batch_size: int = 1000) -> torch.Tensor:
     """Integrate ``model`` (in eval mode) from ``noise`` (N, *shape) in chunks; returns (N, *shape)."""
     with eval_mode(model):
-        return torch.cat([integrate(model, noise[i : i + batch_size], solver=solver, steps=steps).samples
-                          for i in range(0, len(noise), batch_size)])
+        return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size)
 
 
 @torch.no_grad()
@@ -248,8 +247,8 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
         raise UserError(f"{loaded.path} records no reward (a {kind} checkpoint): pass --reward NAME, e.g. digits-even")
     options = config.get("reward_options", {}) if reward is None or reward == config.get("reward") else {}
     reward_fn = load_reward(reward_name, cache=cache, **options)
-    sampling = config.get("eval_sampling") or config.get("sampling", {})  # the run's own evaluation sampler
-    solver, steps = solver or sampling.get("solver", "midpoint"), steps or sampling.get("steps", 10)
+    sampler = config.get("eval_sampling") or config.get("sampling", {})  # the run's own evaluation sampler
+    solver, steps = solver or sampler.get("solver", "midpoint"), steps or sampler.get("steps", 10)
     check_solver(solver, steps)
     shape = tuple(loaded.spec.event_shape)
     noise = torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
