@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import UserError
+from .errors import RankFailed, UserError
 
 
 def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
@@ -56,11 +56,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.device is not None:
         settings["device"] = args.device
     config = pretrain_config(args.data, args.config, args.overrides, **settings)
-    result = pretrain(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"pretrained {config.data.name}: {result.steps} steps, final loss {result.final_loss:.4f}, "
-          f"{result.num_parameters:,} parameters, {result.wall_seconds:.0f} s")
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"samples:    {result.samples_path}")
+    from . import distributed as dist_util
+
+    try:  # under torchrun / accelerate launch, pretrain() joins the process group; leave it at the end
+        result = pretrain(config, args.out, resume=args.resume, progress=not args.no_progress)
+        ctx = dist_util.current()
+    finally:
+        dist_util.teardown(dist_util.current())
+    if ctx.is_main:
+        print(f"pretrained {config.data.name}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+              f"{result.num_parameters:,} parameters, {result.wall_seconds:.0f} s")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"samples:    {result.samples_path}")
     return 0
 
 
@@ -221,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return int(args.func(args) or 0)
+    except RankFailed:
+        return 1  # another rank failed and printed why: the error is shown once
     except UserError as err:
         print(f"orwcfm: error: {err}", file=sys.stderr)
         return 2

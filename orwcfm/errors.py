@@ -34,3 +34,8 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserErro
     return UserError(
         f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices)}"
     )
+
+
+class RankFailed(RuntimeError):
+    """Raised on the ranks of a multi-process run that did not fail themselves, when another rank's error stops
+    the run (that rank prints the error; these exit quietly with status 1)."""

@@ -18,6 +18,7 @@ grid ``RUN/samples.png``, ``RUN/metrics.jsonl`` and TensorBoard events.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as dist_util
 from .config import PretrainConfig, to_dict
 from .couplings import get_coupling
 from .data import DataSource, load_dataset
@@ -101,18 +103,29 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     start_time = time.perf_counter()
     data = load_dataset(config.data.name, config.data.root, **config.data.options)  # bad names fail before any output
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {run_dir}: {err.strerror}") from None
+    # Several processes (torchrun / accelerate launch): each rank trains on its share of the batch with its own
+    # random stream, DDP averages the gradients, rank 0 writes everything. One process: exactly as before.
+    ctx, device = dist_util.setup(config.device)
+    main = ctx.is_main
+    batch_size = dist_util.split(config.batch_size, ctx, "batch_size")
+    if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create output folder {run_dir}: {err.strerror}") from None
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)  # dropout and any other global-RNG use
-    generator = torch.Generator().manual_seed(config.seed)  # data, noise and times: CPU, device independent
+    rank_seed = config.seed + ctx.rank * dist_util.SEED_STRIDE
+    torch.manual_seed(rank_seed)  # dropout and any other global-RNG use
+    generator = torch.Generator().manual_seed(rank_seed)  # data, noise and times: CPU, device independent
 
     spec = resolve_model_spec(config, data)
     model = build_model(spec).to(device)
+    net: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     ema = make_ema(model, config.ema_decay)
     # plain (multi-tensor) Adam: the built-in references' cached weights were trained with it
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -125,10 +138,14 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
 
     start_step = 0
     if resume:
-        start_step = _restore(run_dir, model, ema, optimizer, scheduler, generator)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        start_step = _restore(run_dir, model, ema, optimizer, scheduler, generator, ctx)
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     def save(step: int) -> Path:
+        ranks = dist_util.gather_objects(generator.get_state(), ctx)  # collective: every rank
+        if not main:
+            return ckpt.step_dir(run_dir, step)
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -136,10 +153,12 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             "torch_rng": torch.get_rng_state(),
             "ema_n_averaged": ema.n_averaged.cpu() if ema is not None else torch.tensor(0),
         }
+        if ctx.enabled:
+            state["rank_generators"] = ranks
         out = ckpt.save_checkpoint(
             ckpt.step_dir(run_dir, step), model=model, ema_model=ema.module if ema is not None else None,
             spec=spec, kind="pretrain", step=step, config=resolved, train_state=state,
-            extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}})
+            extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}, "world_size": ctx.world_size})
         ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
         return out
 
@@ -148,16 +167,17 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     loss_count = 0
     last_loss = float("nan")
     checkpoint_path = None
-    with RunLogger(run_dir) as logger, tqdm(total=config.steps, initial=start_step, disable=not progress,
-                                            desc=f"pretrain {data.name}", unit="step") as bar:
+    with (RunLogger(run_dir) if main else nullcontext(None)) as logger, \
+            tqdm(total=config.steps, initial=start_step, disable=not (progress and main),
+                 desc=f"pretrain {data.name}", unit="step") as bar:
         for step in range(start_step, config.steps):
-            x1 = data.sample(config.batch_size, generator).to(device)
+            x1 = data.sample(batch_size, generator).to(device)
             x0 = torch.randn(x1.shape, generator=generator).to(device)
             pair = coupling(x0, x1)
-            t = time_sampler(config.batch_size, generator).to(device)
+            t = time_sampler(batch_size, generator).to(device)
             target = path.sample(pair.x0, pair.x1, t)
 
-            loss = (model(t, target.x_t) - target.u_t).pow(2).mean()
+            loss = (net(t, target.x_t) - target.u_t).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
@@ -171,21 +191,26 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             bar.update(1)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                last_loss = (loss_sum / loss_count).item()
+                last_loss = dist_util.mean_over_ranks({"loss": loss_sum / loss_count}, ctx)["loss"].item()
                 if not math.isfinite(last_loss):
                     raise RuntimeError(f"pretraining diverged at step {done}: loss is {last_loss}; "
                                        f"try a smaller learning_rate (now {config.learning_rate})")
-                logger.log(done, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm})
+                if logger is not None:
+                    logger.log(done, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm})
                 bar.set_postfix(loss=f"{last_loss:.4f}")
                 loss_sum.zero_()
                 loss_count = 0
             if done % config.checkpoint_every == 0 or done == config.steps:
                 checkpoint_path = save(done)
 
+    dist_util.barrier(ctx)
     final_model = (ema.module if ema is not None else model).eval()
-    samples = sample(final_model, config.num_samples, data.shape, generator=torch.Generator().manual_seed(config.seed + 1),
-                     device=device, solver=config.sampling.solver, steps=config.sampling.steps)
-    samples_path = save_samples(samples.cpu(), run_dir / "samples.png", title=f"{data.name}: {config.num_samples} samples")
+    samples_path = run_dir / "samples.png"
+    if main:
+        samples = sample(final_model, config.num_samples, data.shape, generator=torch.Generator().manual_seed(config.seed + 1),
+                         device=device, solver=config.sampling.solver, steps=config.sampling.steps)
+        save_samples(samples.cpu(), samples_path, title=f"{data.name}: {config.num_samples} samples")
+    dist_util.barrier(ctx)
     return PretrainResult(
         run_dir=run_dir,
         checkpoint=checkpoint_path or ckpt.resolve_checkpoint(run_dir),
@@ -198,8 +223,13 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
 
 
 def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> int:
-    """Load the newest intact checkpoint of ``run_dir`` into the live objects; return its step."""
+             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+             ctx: dist_util.DistContext = dist_util.DistContext()) -> int:
+    """Load the newest intact checkpoint of ``run_dir`` into the live objects; return its step.
+
+    A checkpoint of N processes resumes with any number: rank r takes saved rank r's random stream when there was
+    one (the same number of processes continues exactly), else keeps its own fresh stream.
+    """
     loaded = ckpt.load_checkpoint(run_dir)
     state = loaded.train_state()
     if state is None:
@@ -210,6 +240,8 @@ def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimiz
         ema.n_averaged.copy_(state["ema_n_averaged"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
+    streams = state.get("rank_generators") or [state["generator"]]
+    if ctx.rank < len(streams):
+        generator.set_state(streams[ctx.rank])
     torch.set_rng_state(state["torch_rng"])
     return loaded.step

@@ -107,6 +107,7 @@ def orw_cfm_w2_loss(
     coupling: Callable[[torch.Tensor, torch.Tensor], Pairing] = independent_coupling,
     resample: bool | None = None,
     generator: torch.Generator | None = None,
+    keep_weight_mass: bool = False,
 ) -> ORWLoss:
     """The ORW-CFM-W2 loss of one batch.
 
@@ -123,10 +124,16 @@ def orw_cfm_w2_loss(
         resample: apply the weights by resampling ``x1`` before pairing (unit weights after); default: when
             ``coupling`` is not the independent one (see the module docstring for why).
         generator: the random source of the resampling.
+        keep_weight_mass: when resampling, multiply the loss by ``mean(weights)``. One rank of several holds a
+            slice of the global weights, whose mean is not 1; resampling alone would give every rank the same
+            total weight. With the factor, E[loss] is the weighted loss of the slice, and the average over ranks
+            is the one-process loss. (One process: the mean is 1 up to rounding, and the factor is left out.)
     """
     if weights.shape != (x1.shape[0],):
         raise ValueError(f"weights must have shape ({x1.shape[0]},) to match x1 {tuple(x1.shape)}, got {tuple(weights.shape)}")
+    mass = None
     if resample if resample is not None else coupling is not independent_coupling:
+        mass = weights.mean() if keep_weight_mass else None
         x1 = x1[systematic_resample(weights, generator)]
         weights = torch.ones_like(weights)
     pair = coupling(x0, x1)
@@ -145,4 +152,6 @@ def orw_cfm_w2_loss(
     else:
         w2 = torch.zeros_like(fm)
         loss = fm.mean()
+    if mass is not None:
+        loss, fm = mass * loss, mass * fm
     return ORWLoss(loss=loss, fm=fm.detach().mean(), w2=w2.detach().mean())

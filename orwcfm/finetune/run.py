@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import distributed as dist_util
 from ..checkpoint import load_checkpoint
 from ..config import FinetuneConfig
 from ..errors import UserError
@@ -27,17 +28,30 @@ def resolve_reference(ref_path: str | None, cache: str | Path | None = None, pro
 
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
                  progress: bool = True) -> FinetuneSummary:
-    """Build the model from the reference's sidecar, fine-tune it and return the summary."""
-    # The reward first: a misspelt reward must fail in a second, not after pretraining a built-in reference.
-    reward_fn, _ = resolve_reward(config, cache=cache)
-    reference = resolve_reference(config.ref_path, cache, progress)
-    model = load_checkpoint(reference).build_model(config.ref_weights, device=config.device)
-    trainer = ORWCFMTrainer(model, config, config.device, reward_fn=reward_fn, cache=cache, progress=progress)
-    trainer.load_pretrained(reference)
-    if resume:
-        trainer.resume(trainer.run_dir)
-    summary = trainer.train(config.epochs, config.steps_per_epoch)
-    if not progress:  # with progress on, train() has printed the table already
-        print(summary.table())
-    print(f"run folder: {trainer.run_dir}")
-    return summary
+    """Build the model from the reference's sidecar, fine-tune it and return the summary.
+
+    Under ``torchrun`` / ``accelerate launch`` every process runs this; they join one process group first
+    (``distributed.setup``), and rank 0 builds any cached asset (classifier, built-in reference) before the others
+    read it.
+    """
+    ctx, device = dist_util.setup(config.device)
+    try:
+        for turn in ("main", "others"):  # rank 0 alone first: cached assets are built once, then read by all
+            if (turn == "main") == ctx.is_main:
+                # The reward first: a misspelt reward must fail in a second, not after pretraining a reference.
+                reward_fn, _ = resolve_reward(config, cache=cache)
+                reference = resolve_reference(config.ref_path, cache, progress and ctx.is_main)
+            dist_util.barrier(ctx)
+        model = load_checkpoint(reference).build_model(config.ref_weights, device=device)
+        trainer = ORWCFMTrainer(model, config, device, reward_fn=reward_fn, cache=cache, progress=progress)
+        trainer.load_pretrained(reference)
+        if resume:
+            trainer.resume(trainer.run_dir)
+        summary = trainer.train(config.epochs, config.steps_per_epoch)
+        if ctx.is_main:
+            if not progress:  # with progress on, train() has printed the table already
+                print(summary.table())
+            print(f"run folder: {trainer.run_dir}")
+        return summary
+    finally:
+        dist_util.teardown(ctx)

@@ -29,6 +29,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
+from .. import distributed as dist_util
 from ..config import FinetuneConfig, finetune_config, to_dict
 from ..couplings import get_coupling
 from ..errors import UserError
@@ -51,7 +53,7 @@ from ..sampling import autocast, check_solver, generate
 from ..train import make_adam, make_ema, warmup_schedule
 from .buffer import Minibatch, SampleBuffer
 from .evaluate import Evaluation, eval_mode, evaluate, make_judge
-from .orw import orw_cfm_w2_loss, reward_weights
+from .orw import orw_cfm_w2_loss
 
 
 def infer_event_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -178,8 +180,14 @@ class ORWCFMTrainer:
         self.cache, self.progress = cache, progress
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)  # dropout and other global-RNG use
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # policy noise, minibatch order, x0, t: on the CPU
+        # Several processes (torchrun, accelerate launch): this rank's share of the batch and buffer, its own random
+        # stream; rank 0 of N draws exactly what a single process draws (distributed.py).
+        self.dist = dist_util.current()
+        self.local_batch = dist_util.split(cfg.batch_size, self.dist, "batch_size")
+        self.local_buffer = dist_util.split(cfg.buffer_size, self.dist, "buffer_size") if cfg.buffer_size else None
+        rank_seed = cfg.seed + self.dist.rank * dist_util.SEED_STRIDE
+        torch.manual_seed(rank_seed)  # dropout and other global-RNG use
+        self.generator = torch.Generator().manual_seed(rank_seed)  # policy noise, minibatch order, x0, t: on the CPU
         self._sample_generator = torch.Generator().manual_seed(cfg.seed + 2)  # sample() without a seed
 
         self.model = model.to(self.device)
@@ -191,7 +199,14 @@ class ORWCFMTrainer:
         self.ema = make_ema(self.model, cfg.ema_decay)
         # torch.compile wraps the modules and shares their parameters: checkpoints and load_state_dict keep
         # working on the plain modules. Off by default: compiling costs about a minute on a CPU.
-        self._train_net = torch.compile(self.model) if cfg.compile else self.model
+        # DDP averages the gradients over ranks during backward (its forward is the model's).
+        self._train_net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._train_net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._train_net = torch.compile(self._train_net) if cfg.compile else self._train_net
         self._policy_net = torch.compile(self.policy) if cfg.compile else self.policy
         self.event_shape = tuple(event_shape) if event_shape else infer_event_shape(model)
         self.spec: ModelSpec | None = None
@@ -309,7 +324,17 @@ class ORWCFMTrainer:
         x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
         s = cfg.sampling
         x1 = generate(self._policy_net, x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size, precision=s.precision)
-        scored = call_reward(self.reward_fn, x1, name=self.reward_name, step=self.step, on_bad=cfg.on_bad_reward)
+        error: Exception | None = None
+        try:
+            scored = call_reward(self.reward_fn, x1, name=self.reward_name, step=self.step, on_bad=cfg.on_bad_reward)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks have been told
+            error = err
+        # Every rank learns whether any reward failed, so that none waits for ever in the next collective.
+        if dist_util.any_rank(error is not None, self.dist, self.device):
+            if error is not None:
+                raise error
+            raise dist_util.RankFailed(f"rank {self.dist.rank}: stopped because another rank's reward failed at step "
+                                       f"{self.step} (that rank printed the error)")
         self.reward_evaluations += n
         rewards = scored.values.to(self.device)
         if scored.num_bad:
@@ -337,31 +362,39 @@ class ORWCFMTrainer:
         start = time.perf_counter()
         total = num_epochs * steps_per_epoch
         self.steps_per_epoch = steps_per_epoch
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create output folder {self.run_dir}: {err.strerror}") from None
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        main = self.dist.is_main  # with several processes only rank 0 evaluates and writes
+        if main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"cannot create output folder {self.run_dir}: {err.strerror}") from None
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-        with RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
-                       run_name=cfg.run_name, config=to_dict(cfg)) as logger:
-            if not self.history:
+        logging = (RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+                             run_name=cfg.run_name, config=to_dict(cfg)) if main else nullcontext(None))
+        with logging as logger:
+            if not self.history and main:
                 self._evaluate_and_record(logger, epoch=0)
-            with tqdm(total=total, initial=min(self.step, total), disable=not self.progress, unit="step",
+            with tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main), unit="step",
                       desc=f"finetune {self.reward_name}") as bar:
                 while self.step < total:
                     # up to the end of the epoch: evaluation and checkpoints happen only between epochs
                     self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
-                                   logger=logger, bar=bar, total=total)
+                                   logger=logger, bar=bar, total=total, log=True)
                     if self.step % steps_per_epoch == 0:
-                        self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
-                        self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))
-                        ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+                        if main:
+                            self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
+                        self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))  # collective: every rank
+                        if main:
+                            ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+                        dist_util.barrier(self.dist)
 
+        self.history = dist_util.broadcast_object(self.history, self.dist)  # every rank returns the same summary
         summary = self.summary(num_epochs, wall_seconds=time.perf_counter() - start)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-        if self.progress:
-            print(summary.table())
+        if main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+            if self.progress:
+                print(summary.table())
         return summary
 
     def _next_batch(self) -> Minibatch:
@@ -369,31 +402,36 @@ class ORWCFMTrainer:
         cfg = self.config
         # train() sets steps_per_epoch; run_steps() alone falls back to the config's
         period = cfg.refresh_every or self.steps_per_epoch or cfg.steps_per_epoch
-        refresh = self.buffer is None or self.step % period == 0
-        if refresh:
+        due = self.step % period == 0
+        if due:
             self._refresh_policy()
-        if refresh or cfg.buffer_size is None:
-            self.buffer = self._collect(cfg.buffer_size or cfg.batch_size)
-        return self.buffer.next(min(cfg.batch_size, len(self.buffer)))
+        # A resumed run without its buffer (another number of processes) re-samples from the restored policy.
+        if due or self.buffer is None or cfg.buffer_size is None:
+            self.buffer = self._collect(self.local_buffer or self.local_batch)
+        return self.buffer.next(min(self.local_batch, len(self.buffer)))
 
-    def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None) -> None:
+    def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None,
+                  log: bool | None = None) -> None:
         """``n`` gradient steps: refresh when due, minibatch, weights, loss, update (no evaluation, no checkpoint).
 
         Nothing is read back from the device except every ``log_every`` steps (and at the step ``total``), when
-        the running means are logged to ``logger``: the hot loop never waits for the accelerator.
+        the running means (averaged over ranks) are logged to ``logger``: the hot loop never waits for the
+        accelerator. ``log`` (default: whether there is a logger) must be the same on every rank.
         """
         cfg = self.config
+        log = logger is not None if log is None else log
         if self._running is None:  # kept across calls: a log interval may straddle an epoch's end
             self._running = {k: torch.zeros((), device=self.device) for k in ("loss", "fm", "w2", "max_weight")}
         running = self._running
         for _ in range(n):
             batch = self._next_batch()
-            weights = reward_weights(batch.rewards, cfg.temperature)
+            weights = dist_util.global_weights(batch.rewards, cfg.temperature, self.dist)
             x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
             t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
             with autocast(self.device, cfg.precision):
                 out = orw_cfm_w2_loss(self._train_net, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
-                                      path=self.path, coupling=self.coupling, generator=self.generator)
+                                      path=self.path, coupling=self.coupling, generator=self.generator,
+                                      keep_weight_mass=self.dist.enabled)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
@@ -408,14 +446,16 @@ class ORWCFMTrainer:
             for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2), ("max_weight", weights.max())):
                 running[key] += value
             self._running_count += 1
-            if logger is not None and (self.step % cfg.log_every == 0 or self.step == total):
-                row = {k: (v / self._running_count).item() for k, v in running.items()}
+            if log and (self.step % cfg.log_every == 0 or self.step == total):
+                means = dist_util.mean_over_ranks({k: v / self._running_count for k, v in running.items()}, self.dist)
+                row = {k: v.item() for k, v in means.items()}
                 if not math.isfinite(row["loss"]):
                     raise RuntimeError(f"fine-tuning diverged at step {self.step}: loss is {row['loss']}; "
                                        f"try a smaller learning_rate (now {cfg.learning_rate})")
                 row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
                            reward_batch_mean=batch.rewards.mean().item(), dropped_samples=self.dropped_samples)
-                logger.log(self.step, row, prefix="train/")
+                if logger is not None:
+                    logger.log(self.step, row, prefix="train/")
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", w2=f"{row['w2']:.2e}")
                 for v in running.values():
@@ -452,7 +492,16 @@ class ORWCFMTrainer:
     # Checkpoints.
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write everything needed to continue into the checkpoint folder ``path`` (atomically)."""
+        """Write everything needed to continue into the checkpoint folder ``path`` (atomically).
+
+        With several processes every rank must call this (it gathers each rank's random state and sample buffer);
+        rank 0 writes. The checkpoint resumes with any number of processes (see :meth:`resume`).
+        """
+        ranks = dist_util.gather_objects(
+            {"generator": self.generator.get_state(), "buffer": self.buffer.state_dict() if self.buffer is not None else None},
+            self.dist)
+        if not self.dist.is_main:
+            return Path(path)
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -465,11 +514,38 @@ class ORWCFMTrainer:
         }
         if self.buffer is not None:
             state["buffer"] = self.buffer.state_dict()
+        if self.dist.enabled:  # rank r's stream and buffer, to continue exactly with the same number of processes
+            state["ranks"] = ranks
         extra = {"reference": self.reference_identity, "reward": self.reward_name, "history": self.history,
-                 "event_shape": list(self._shape()), "steps_per_epoch": self.steps_per_epoch}
+                 "event_shape": list(self._shape()), "steps_per_epoch": self.steps_per_epoch,
+                 "world_size": self.dist.world_size}
         return ckpt.save_checkpoint(path, model=self.model, spec=self.spec, kind="finetune", step=self.step,
                                     config=to_dict(self.config), ema_model=self.ema.module if self.ema is not None else None,
                                     policy_model=self.policy, train_state=state, extra=extra)
+
+    def _restore_rank_state(self, state: dict[str, Any]) -> None:
+        """This rank's random stream and sample buffer from a checkpoint written by any number of processes.
+
+        Same number of processes: each rank continues exactly where it stopped. Another number: rank r keeps
+        the stream of saved rank r if there was one (else its own fresh stream), and the saved buffers are pooled
+        and dealt out again in equal shares, so the run continues from the same policy samples.
+        """
+        saved = state.get("ranks") or [{"generator": state["generator"], "buffer": state.get("buffer")}]
+        ctx = self.dist
+        if ctx.rank < len(saved):
+            self.generator.set_state(saved[ctx.rank]["generator"])
+        buffers = [r["buffer"] for r in saved if r["buffer"] is not None]
+        if len(saved) == ctx.world_size:
+            mine = saved[ctx.rank]["buffer"]
+            self.buffer = SampleBuffer.from_state_dict(mine, self.generator, self.device) if mine is not None else None
+        elif len(buffers) == len(saved):
+            x = torch.cat([b["x"] for b in buffers])
+            rewards = torch.cat([b["rewards"] for b in buffers])
+            share = len(x) // ctx.world_size
+            rows = slice(ctx.rank * share, (ctx.rank + 1) * share)
+            self.buffer = SampleBuffer(x[rows].to(self.device), rewards[rows].to(self.device), self.generator)
+        else:
+            self.buffer = None  # re-sampled from the restored policy at the next step
 
     def resume(self, path: str | Path) -> None:
         """Continue from a fine-tuning checkpoint (or a run folder's newest intact one).
@@ -498,12 +574,11 @@ class ORWCFMTrainer:
             self.ema.n_averaged.copy_(state["ema_n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.reward_evaluations = int(state["reward_evaluations"])
         self.dropped_samples = int(state["dropped_samples"])
-        self.buffer = SampleBuffer.from_state_dict(state["buffer"], self.generator, self.device) if "buffer" in state else None
+        self._restore_rank_state(state)
         self.history = list(loaded.meta.get("history", []))
         if loaded.spec is not None:
             self.spec = loaded.spec

@@ -1,0 +1,49 @@
+"""Run under torchrun (2 processes): one ORW-CFM-W2 step on this rank's half of a fixed global batch, with the
+global weights and DDP; rank 0 saves the mean loss and the averaged gradients for tests/test_distributed.py."""
+
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from orwcfm import distributed as dist_util
+from orwcfm.finetune.orw import orw_cfm_w2_loss
+from orwcfm.models import MLP
+
+
+def batch(n: int = 64):
+    """The global batch (the same on every rank and in the one-process test): samples, rewards, noise, times."""
+    g = torch.Generator().manual_seed(7)
+    x1 = torch.randn(n, 2, generator=g) * 2
+    rewards = -(x1 - torch.tensor([2.0, 0.0])).norm(dim=1)
+    return x1, rewards, torch.randn(n, 2, generator=g), torch.rand(n, generator=g)
+
+
+def nets():
+    torch.manual_seed(0)
+    model, reference = MLP(2, hidden=32, depth=2), MLP(2, hidden=32, depth=2)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), reference.parameters()):
+            q.copy_(p + 0.1 * torch.randn_like(p))  # a reference that differs: the W2 term is not 0
+    return model, reference
+
+
+def main(out: str) -> None:
+    ctx, _ = dist_util.setup("cpu", timeout_s=60)
+    x1, rewards, x0, t = batch()
+    n = len(x1) // ctx.world_size
+    mine = slice(ctx.rank * n, (ctx.rank + 1) * n)
+    model, reference = nets()
+    ddp = DistributedDataParallel(model)
+    weights = dist_util.global_weights(rewards[mine], 3.0, ctx)
+    out_ = orw_cfm_w2_loss(ddp, reference, x1[mine], weights, x0[mine], t[mine], alpha=0.5)
+    out_.loss.backward()  # DDP averages the gradients over the ranks
+    loss = dist_util.mean_over_ranks({"loss": out_.loss.detach()}, ctx)["loss"]
+    all_weights = dist_util.gather_cat(weights, ctx)  # collectives: every rank calls them
+    if ctx.is_main:
+        torch.save({"loss": loss, "weights": all_weights, "grads": [p.grad.clone() for p in model.parameters()]}, out)
+    dist_util.teardown(ctx)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
