@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RankFailed, UserError
+from .interrupt import Interrupted
 
 
 def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
@@ -230,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RankFailed:
         return 1  # another rank failed and printed why: the error is shown once
+    except Interrupted as err:  # a checkpoint was written: one line, and the conventional 128 + signal status
+        print(f"orwcfm: {err}", file=sys.stderr)
+        return err.exit_code
     except UserError as err:
         print(f"orwcfm: error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ grid ``RUN/samples.png``, ``RUN/metrics.jsonl`` and TensorBoard events.
 from __future__ import annotations
 
 import math
+import signal
 from contextlib import nullcontext
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .config import PretrainConfig, to_dict
 from .couplings import get_coupling
 from .data import DataSource, load_dataset
 from .errors import UserError
+from .interrupt import Interrupted, StopRequest
 from .models import ModelSpec, build_model, default_spec, num_parameters
 from .paths import StraightPath, make_time_sampler
 from .plotting import save_samples
@@ -167,10 +169,16 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     loss_count = 0
     last_loss = float("nan")
     checkpoint_path = None
-    with (RunLogger(run_dir) if main else nullcontext(None)) as logger, \
+    with (RunLogger(run_dir) if main else nullcontext(None)) as logger, StopRequest() as stop, \
             tqdm(total=config.steps, initial=start_step, disable=not (progress and main),
                  desc=f"pretrain {data.name}", unit="step") as bar:
         for step in range(start_step, config.steps):
+            if dist_util.any_rank(stop.signum is not None, ctx, device):  # SIGINT / SIGTERM: save the exact state
+                where = save(step)
+                dist_util.barrier(ctx)
+                signum = stop.signum or signal.SIGTERM
+                raise Interrupted(f"{signal.Signals(signum).name} at step {step}: checkpoint written to {where}; "
+                                  "continue with --resume", signum)
             x1 = data.sample(batch_size, generator).to(device)
             x0 = torch.randn(x1.shape, generator=generator).to(device)
             pair = coupling(x0, x1)

@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import math
+import signal
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -44,6 +45,7 @@ from .. import distributed as dist_util
 from ..config import FinetuneConfig, finetune_config, to_dict
 from ..couplings import get_coupling
 from ..errors import UserError
+from ..interrupt import Interrupted, StopRequest
 from ..models import ModelSpec
 from ..paths import StraightPath, make_time_sampler
 from ..plotting import save_curves, save_samples
@@ -372,7 +374,7 @@ class ORWCFMTrainer:
 
         logging = (RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
                              run_name=cfg.run_name, config=to_dict(cfg)) if main else nullcontext(None))
-        with logging as logger:
+        with logging as logger, StopRequest() as stop:
             if not self.history and main:
                 self._evaluate_and_record(logger, epoch=0)
             with tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main), unit="step",
@@ -380,7 +382,15 @@ class ORWCFMTrainer:
                 while self.step < total:
                     # up to the end of the epoch: evaluation and checkpoints happen only between epochs
                     self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
-                                   logger=logger, bar=bar, total=total, log=True)
+                                   logger=logger, bar=bar, total=total, log=True, stop=stop)
+                    if self._stopping(stop):  # SIGINT / SIGTERM: the exact state, then out
+                        where = self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))
+                        if main:
+                            ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+                        dist_util.barrier(self.dist)
+                        signum = stop.signum or signal.SIGTERM
+                        raise Interrupted(f"{signal.Signals(signum).name} at step {self.step}: checkpoint written to "
+                                          f"{where}; continue with --resume", signum)
                     if self.step % steps_per_epoch == 0:
                         if main:
                             self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
@@ -397,6 +407,10 @@ class ORWCFMTrainer:
                 print(summary.table())
         return summary
 
+    def _stopping(self, stop: StopRequest | None) -> bool:
+        """Whether a stop was requested (on any rank: every rank must stop at the same step)."""
+        return stop is not None and dist_util.any_rank(stop.signum is not None, self.dist, self.device)
+
     def _next_batch(self) -> Minibatch:
         """Refresh the policy and its samples when due, then the next minibatch (x (B, *shape), rewards (B,))."""
         cfg = self.config
@@ -411,12 +425,13 @@ class ORWCFMTrainer:
         return self.buffer.next(min(self.local_batch, len(self.buffer)))
 
     def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None,
-                  log: bool | None = None) -> None:
+                  log: bool | None = None, stop: StopRequest | None = None) -> None:
         """``n`` gradient steps: refresh when due, minibatch, weights, loss, update (no evaluation, no checkpoint).
 
         Nothing is read back from the device except every ``log_every`` steps (and at the step ``total``), when
         the running means (averaged over ranks) are logged to ``logger``: the hot loop never waits for the
-        accelerator. ``log`` (default: whether there is a logger) must be the same on every rank.
+        accelerator. ``log`` (default: whether there is a logger) must be the same on every rank. With ``stop``,
+        the loop ends early (after a whole step) once a SIGINT/SIGTERM was received.
         """
         cfg = self.config
         log = logger is not None if log is None else log
@@ -424,6 +439,8 @@ class ORWCFMTrainer:
             self._running = {k: torch.zeros((), device=self.device) for k in ("loss", "fm", "w2", "max_weight")}
         running = self._running
         for _ in range(n):
+            if self._stopping(stop):
+                return
             batch = self._next_batch()
             weights = dist_util.global_weights(batch.rewards, cfg.temperature, self.dist)
             x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
