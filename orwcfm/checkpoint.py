@@ -25,6 +25,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,15 @@ def load_foreign_state_dict(path: str | Path, key: str = "ema_model", map_locati
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def save_or_explain(write: Callable[[], Path], path: str | Path, run_dir: str | Path) -> Path:
+    """Run ``write()`` (a checkpoint save); a failed write (full disk, lost mount) becomes one clear
+    :class:`UserError` that names the checkpoint kept. The save is atomic, so the previous checkpoints are intact."""
+    try:
+        return write()
+    except OSError as err:
+        kept = list_checkpoints(run_dir)
+        previous = f"the newest intact checkpoint is {kept[-1]}" if kept else "no earlier checkpoint exists"
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}; the run stopped and {previous}; "
+                        "free the space and continue with --resume") from None

@@ -157,10 +157,12 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
         }
         if ctx.enabled:
             state["rank_generators"] = ranks
-        out = ckpt.save_checkpoint(
-            ckpt.step_dir(run_dir, step), model=model, ema_model=ema.module if ema is not None else None,
+        where = ckpt.step_dir(run_dir, step)
+        out = ckpt.save_or_explain(lambda: ckpt.save_checkpoint(
+            where, model=model, ema_model=ema.module if ema is not None else None,
             spec=spec, kind="pretrain", step=step, config=resolved, train_state=state,
-            extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}, "world_size": ctx.world_size})
+            extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}, "world_size": ctx.world_size}),
+            where, run_dir)
         ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
         return out
 

@@ -136,3 +136,32 @@ def test_sigterm_during_pretraining_writes_a_checkpoint_and_resumes(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     step = load_checkpoint(run).meta["step"]
     assert step > 50 and f"SIGTERM at step {step}" in err
+
+
+def test_full_disk_during_a_run_stops_with_one_line_and_the_previous_checkpoint_resumes(reference, tmp_path, monkeypatch,
+                                                                                        capsys):
+    import orwcfm.checkpoint as ckpt
+    from orwcfm.cli import main
+
+    real_save_file = ckpt.save_file
+    run = tmp_path / "run"
+
+    def disk_fills_up(*args, **kwargs):  # the first checkpoint fits, the second finds the disk full
+        if list_checkpoints(run):
+            raise OSError(28, "No space left on device")
+        return real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", disk_fills_up)
+    args = ["finetune", "--config", "toy-2d", "--ref", str(reference), "--out", str(run), "--no-progress", "--set",
+            "epochs=2", "steps_per_epoch=3", "eval_samples=64", "buffer_size=64", "batch_size=32", "log_every=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "orwcfm: error: cannot write checkpoint" in err and "No space left on device" in err
+    assert "the newest intact checkpoint is" in err and "step_0000003" in err
+    assert [c.name for c in list_checkpoints(run)] == ["step_0000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000003"]  # no half-written folder
+
+    monkeypatch.setattr(ckpt, "save_file", real_save_file)  # space freed: the run continues from step 3
+    assert main([*args, "--resume"]) == 0
+    assert load_checkpoint(run).meta["step"] == 6

@@ -384,7 +384,7 @@ class ORWCFMTrainer:
                     self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
                                    logger=logger, bar=bar, total=total, log=True, stop=stop)
                     if self._stopping(stop):  # SIGINT / SIGTERM: the exact state, then out
-                        where = self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))
+                        where = self._save_during_run()
                         if main:
                             ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
                         dist_util.barrier(self.dist)
@@ -394,7 +394,7 @@ class ORWCFMTrainer:
                     if self.step % steps_per_epoch == 0:
                         if main:
                             self._evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
-                        self.save_checkpoint(ckpt.step_dir(self.run_dir, self.step))  # collective: every rank
+                        self._save_during_run()  # collective: every rank
                         if main:
                             ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
                         dist_util.barrier(self.dist)
@@ -406,6 +406,11 @@ class ORWCFMTrainer:
             if self.progress:
                 print(summary.table())
         return summary
+
+    def _save_during_run(self) -> Path:
+        """The periodic checkpoint; a failed write (full disk) stops the run with one line naming what is kept."""
+        path = ckpt.step_dir(self.run_dir, self.step)
+        return ckpt.save_or_explain(lambda: self.save_checkpoint(path), path, self.run_dir)
 
     def _stopping(self, stop: StopRequest | None) -> bool:
         """Whether a stop was requested (on any rank: every rank must stop at the same step)."""
