@@ -336,3 +336,31 @@ def save_or_explain(write: Callable[[], Path], path: str | Path, run_dir: str | 
         previous = f"the newest intact checkpoint is {kept[-1]}" if kept else "no earlier checkpoint exists"
         raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}; the run stopped and {previous}; "
                         "free the space and continue with --resume") from None
+
+
+def host_rng_state() -> dict[str, Any]:
+    """Python's and NumPy's global random states as tensors and plain numbers (loadable with ``weights_only``).
+
+    The toolkit itself draws only from torch generators, but a user's reward may call ``random`` or
+    ``np.random``: saving these too makes a resumed run repeat exactly what the uninterrupted one would do.
+    """
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python_version": version, "python_state": torch.tensor(internal, dtype=torch.int64), "python_gauss": gauss,
+            "numpy_keys": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss), "numpy_cached": float(cached)}
+
+
+def set_host_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`host_rng_state` saved."""
+    import random
+
+    import numpy as np
+
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_cached"]))

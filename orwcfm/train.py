@@ -153,6 +153,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "host_rng": ckpt.host_rng_state(),  # random / np.random, for rewards that use them
             "ema_n_averaged": ema.n_averaged.cpu() if ema is not None else torch.tensor(0),
         }
         if ctx.enabled:
@@ -254,4 +255,6 @@ def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimiz
     if ctx.rank < len(streams):
         generator.set_state(streams[ctx.rank])
     torch.set_rng_state(state["torch_rng"])
+    if "host_rng" in state:
+        ckpt.set_host_rng_state(state["host_rng"])
     return loaded.step

@@ -131,3 +131,30 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(UserError, match="refused to load .*evil.pt.*could run code"):
         ckpt.load_foreign_state_dict(tmp_path / "evil.pt")
     assert not os.path.exists(marker)
+
+
+def test_truncated_newest_falls_back_with_a_warning(tmp_path):
+    save(ckpt.step_dir(tmp_path, 1), step=1)
+    newest = ckpt.step_dir(tmp_path, 2)
+    save(newest, step=2)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a crash mid-copy, a full disk
+    with pytest.warns(UserWarning, match="corrupted"):
+        assert ckpt.load_checkpoint(tmp_path).step == 1
+
+
+def test_python_and_numpy_random_states_survive_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    random.seed(3)
+    np.random.seed(4)
+    random.gauss(0, 1)  # leave a cached gaussian in Python's state
+    state = ckpt.host_rng_state()
+    torch.save(state, tmp_path / "state.pt")
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn())
+    random.seed(99)
+    np.random.seed(99)
+    ckpt.set_host_rng_state(torch.load(tmp_path / "state.pt", weights_only=True))  # no code runs on loading
+    assert (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn()) == expected

@@ -136,6 +136,11 @@ def test_sigterm_during_pretraining_writes_a_checkpoint_and_resumes(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     step = load_checkpoint(run).meta["step"]
     assert step > 50 and f"SIGTERM at step {step}" in err
+    from orwcfm.cli import main
+
+    assert main(["pretrain", "--data", "8gaussians", "--out", str(run), "--no-progress", "--resume", "--steps",
+                 str(step + 10), "--set", "batch_size=64", "checkpoint_every=50", "log_every=50", "num_samples=20"]) == 0
+    assert load_checkpoint(run).meta["step"] == step + 10
 
 
 def test_full_disk_during_a_run_stops_with_one_line_and_the_previous_checkpoint_resumes(reference, tmp_path, monkeypatch,

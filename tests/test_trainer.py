@@ -202,3 +202,43 @@ def test_sampling_mid_run_does_not_change_the_run(reference, tmp_path):
     peeked.train(num_epochs=1, steps_per_epoch=5)
     for key, value in plain.model.state_dict().items():
         torch.testing.assert_close(peeked.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_reward_of_a_million_with_tau_one_trains_without_overflow(reference, tmp_path):
+    # exp(1e6) overflows any float; the weights are a softmax, so only differences between rewards matter
+    trainer = make(reference, tmp_path, reward_fn=lambda x: 1e6 - (x[:, 0] - 1.0).abs(), temperature=1.0)
+    summary = trainer.train(num_epochs=2, steps_per_epoch=10)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert summary.reward_mean_after > summary.reward_mean_before  # and it still learns toward x = 1
+
+
+def test_resume_with_another_reference_is_refused(reference, tmp_path):
+    trainer = make(reference, tmp_path)
+    trainer.train(num_epochs=1, steps_per_epoch=2)
+    from orwcfm.checkpoint import save_checkpoint
+
+    loaded = load_checkpoint(reference)
+    other = loaded.build_model("ema")
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # another reference: e.g. re-trained since the run started
+    other_path = save_checkpoint(tmp_path / "other-ref", model=other, spec=loaded.spec, kind="pretrain", step=1, config={})
+    fresh = ORWCFMTrainer(loaded.build_model("ema"), trainer.config, "cpu", reward_fn=lambda x: -x[:, 0].abs(),
+                          progress=False)
+    fresh.load_pretrained(other_path)
+    with pytest.raises(UserError, match="was fine-tuned from another reference"):
+        fresh.resume(tmp_path / "run")
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(reference, tmp_path, capsys):
+    from orwcfm.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # works as root too, unlike chmod
+    assert main(["finetune", "--config", "toy-2d", "--ref", str(reference), "--out", str(blocker / "run"),
+                 "--no-progress", "--set", "epochs=1", "steps_per_epoch=2", "eval_samples=64", "buffer_size=64",
+                 "batch_size=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("orwcfm: error: cannot create output folder") and err.count("\n") == 1

@@ -529,6 +529,7 @@ class ORWCFMTrainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "host_rng": ckpt.host_rng_state(),  # random / np.random, for rewards that use them
             "step": torch.tensor(self.step),
             "reward_evaluations": torch.tensor(self.reward_evaluations),
             "dropped_samples": torch.tensor(self.dropped_samples),
@@ -597,6 +598,8 @@ class ORWCFMTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if "host_rng" in state:
+            ckpt.set_host_rng_state(state["host_rng"])
         self.step = int(state["step"])
         self.reward_evaluations = int(state["reward_evaluations"])
         self.dropped_samples = int(state["dropped_samples"])
