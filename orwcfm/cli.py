@@ -59,11 +59,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = pretrain_config(args.data, args.config, args.overrides, **settings)
     from . import distributed as dist_util
 
+    finished = False
     try:  # under torchrun / accelerate launch, pretrain() joins the process group; leave it at the end
         result = pretrain(config, args.out, resume=args.resume, progress=not args.no_progress)
         ctx = dist_util.current()
+        finished = True
     finally:
-        dist_util.teardown(dist_util.current())
+        dist_util.teardown(dist_util.current(), wait=finished)
     if ctx.is_main:
         print(f"pretrained {config.data.name}: {result.steps} steps, final loss {result.final_loss:.4f}, "
               f"{result.num_parameters:,} parameters, {result.wall_seconds:.0f} s")

@@ -76,9 +76,16 @@ def setup(device: str | torch.device = "cpu", timeout_s: float = 600.0) -> tuple
     return ctx, device
 
 
-def teardown(ctx: DistContext) -> None:
-    """Leave the process group (after an error too, so that the launcher sees this rank exit)."""
+def teardown(ctx: DistContext, wait: bool = True) -> None:
+    """Leave the process group (after an error too, so that the launcher sees this rank exit).
+
+    ``wait``: meet the other ranks first, so that no rank destroys its side of the group while another is still
+    in a collective (gloo can abort the process at exit otherwise). Pass ``False`` on an error path, where a
+    failed rank may never arrive.
+    """
     if ctx.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

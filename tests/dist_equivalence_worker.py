@@ -1,6 +1,7 @@
 """Run under torchrun (2 processes): one ORW-CFM-W2 step on this rank's half of a fixed global batch, with the
 global weights and DDP; rank 0 saves the mean loss and the averaged gradients for tests/test_distributed.py."""
 
+import os
 import sys
 
 import torch
@@ -47,3 +48,9 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Leave without running C++ static destructors: with torch 2.13's gloo, about 1 exit in 15 under pytest aborted
+    # ("terminate called without an active exception", SIGABRT) *after* the group was destroyed and the result
+    # written. The result is what this test checks; the abort at exit is noted as an open issue.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

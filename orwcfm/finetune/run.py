@@ -35,6 +35,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | P
     read it.
     """
     ctx, device = dist_util.setup(config.device)
+    finished = False
     try:
         for turn in ("main", "others"):  # rank 0 alone first: cached assets are built once, then read by all
             if (turn == "main") == ctx.is_main:
@@ -52,6 +53,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | P
             if not progress:  # with progress on, train() has printed the table already
                 print(summary.table())
             print(f"run folder: {trainer.run_dir}")
+        finished = True
         return summary
     finally:
-        dist_util.teardown(ctx)
+        dist_util.teardown(ctx, wait=finished)
