@@ -68,8 +68,7 @@ def setup(device: str | torch.device = "cpu", timeout_s: float = 600.0) -> tuple
                             "processes with torchrun --nproc_per_node N or accelerate launch")
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                      local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    ctx = current()
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
@@ -104,10 +103,10 @@ def split(total: int, ctx: DistContext, name: str) -> int:
     return total // ctx.world_size
 
 
-def gather_cat(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Concatenate every rank's (n_r, ...) tensor in rank order (sizes may differ, e.g. after dropped rewards)."""
+def _gather(x: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's (n_r, ...) tensor concatenated in rank order, and the sizes n_r (two all_gathers)."""
     if not ctx.enabled:
-        return x
+        return x, [x.shape[0]]
     n = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
     dist.all_gather(sizes, n)
@@ -116,7 +115,12 @@ def gather_cat(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     padded[: x.shape[0]] = x
     parts = [torch.zeros_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes_int)])
+    return torch.cat([p[:s] for p, s in zip(parts, sizes_int)]), sizes_int
+
+
+def gather_cat(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's (n_r, ...) tensor in rank order (sizes may differ, e.g. after dropped rewards)."""
+    return _gather(x, ctx)[0]
 
 
 def global_weights(rewards: torch.Tensor, temperature: float, ctx: DistContext) -> torch.Tensor:
@@ -129,9 +133,8 @@ def global_weights(rewards: torch.Tensor, temperature: float, ctx: DistContext) 
 
     if not ctx.enabled:
         return reward_weights(rewards, temperature)
-    everyone = gather_cat(rewards, ctx)
-    sizes = gather_cat(torch.tensor([rewards.shape[0]], device=rewards.device), ctx)
-    start = int(sizes[: ctx.rank].sum())
+    everyone, sizes = _gather(rewards, ctx)  # the sizes come with the rewards: no second gather per step
+    start = sum(sizes[: ctx.rank])
     return reward_weights(everyone, temperature)[start : start + rewards.shape[0]]
 
 

@@ -13,3 +13,15 @@ def orwcfm_cache(tmp_path_factory):
 def _isolated_cache(orwcfm_cache, monkeypatch):
     # Code that falls back to $ORWCFM_CACHE must never touch the user's ~/.cache during tests.
     monkeypatch.setenv("ORWCFM_CACHE", str(orwcfm_cache))
+
+
+@pytest.fixture(scope="session")
+def toy_reference(tmp_path_factory):
+    """A small 2-D flow (8 gaussians, MLP), enough steps to be a real, non-trivial velocity field; its checkpoint."""
+    from orwcfm.config import pretrain_config
+    from orwcfm.train import pretrain
+
+    cfg = pretrain_config(data={"name": "8gaussians"}, steps=150, batch_size=256, learning_rate=3e-3, warmup_steps=10,
+                          checkpoint_every=150, num_samples=100, log_every=50,
+                          model={"kind": "mlp", "options": {"hidden": 64, "depth": 2}})
+    return pretrain(cfg, tmp_path_factory.mktemp("toy-ref"), progress=False).checkpoint

@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from orwcfm.checkpoint import list_checkpoints, load_checkpoint
-from orwcfm.config import pretrain_config
 from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
-from orwcfm.train import pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_equivalence_worker as worker  # noqa: E402
@@ -31,11 +29,8 @@ def torchrun(args, tmp_path, nproc=2, env=None):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    cfg = pretrain_config(data={"name": "8gaussians"}, steps=150, batch_size=256, learning_rate=3e-3, warmup_steps=10,
-                          checkpoint_every=150, num_samples=100, log_every=50,
-                          model={"kind": "mlp", "options": {"hidden": 64, "depth": 2}})
-    return pretrain(cfg, tmp_path_factory.mktemp("ref"), progress=False).checkpoint
+def reference(toy_reference):
+    return toy_reference
 
 
 def test_two_process_step_equals_one_process_step_on_the_concatenated_batch(tmp_path):

@@ -13,8 +13,6 @@ import pytest
 import torch
 
 from orwcfm.checkpoint import list_checkpoints, load_checkpoint
-from orwcfm.config import pretrain_config
-from orwcfm.train import pretrain
 
 pytestmark = pytest.mark.slow  # subprocesses and real signals: ~10 s each
 
@@ -29,11 +27,8 @@ SLOW_REWARD = (
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    cfg = pretrain_config(data={"name": "8gaussians"}, steps=150, batch_size=256, learning_rate=3e-3, warmup_steps=10,
-                          checkpoint_every=150, num_samples=100, log_every=50,
-                          model={"kind": "mlp", "options": {"hidden": 64, "depth": 2}})
-    return pretrain(cfg, tmp_path_factory.mktemp("ref"), progress=False).checkpoint
+def reference(toy_reference):
+    return toy_reference
 
 
 def command(reference, run, reward_file, *extra):

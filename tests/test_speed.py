@@ -10,21 +10,17 @@ from torch.overrides import TorchFunctionMode
 
 from orwcfm import ORWCFMTrainer
 from orwcfm.checkpoint import load_checkpoint
-from orwcfm.config import FinetuneConfig, SamplingConfig, finetune_config, pretrain_config
+from orwcfm.config import FinetuneConfig, SamplingConfig, finetune_config
 from orwcfm.errors import UserError
 from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
 from orwcfm.models import MLP, UNet
 from orwcfm.sampling import autocast, generate, integrate
-from orwcfm.train import make_adam, pretrain
+from orwcfm.train import make_adam
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A small 2-D flow (8 gaussians), enough steps to be a real, non-trivial velocity field."""
-    cfg = pretrain_config(data={"name": "8gaussians"}, steps=150, batch_size=256, learning_rate=3e-3, warmup_steps=10,
-                          checkpoint_every=150, num_samples=100, log_every=50,
-                          model={"kind": "mlp", "options": {"hidden": 64, "depth": 2}})
-    return pretrain(cfg, tmp_path_factory.mktemp("ref"), progress=False).checkpoint
+def reference(toy_reference):
+    return toy_reference
 
 
 def make(reference, tmp_path, **settings):
