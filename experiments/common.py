@@ -100,3 +100,27 @@ def image_strip(paths: Sequence[str | Path], labels: Sequence[str], out: str | P
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return Path(out)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (``level``) over seeds; half-width nan for one.
+
+    >>> m, h = mean_ci([1.0, 2.0, 3.0]); round(m, 3), round(h, 3)
+    (2.0, 2.484)
+    """
+    import math
+    import statistics
+
+    from scipy.stats import t as student_t
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, float("nan")
+    return mean, float(student_t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+
+
+def fmt_ci(values: Sequence[float], digits: int = 3) -> str:
+    """``mean ± half-width`` (95 % t-interval over seeds), e.g. for a table cell."""
+    m, h = mean_ci(values)
+    return f"{m:.{digits}f}" if h != h else f"{m:.{digits}f} ± {h:.{digits}f}"

@@ -4,9 +4,11 @@ Without a launcher everything here is a no-op and the same code runs in one proc
 
 What is synchronised, and when (see docs/distributed.md)::
 
-    every step      all_gather of the minibatch's rewards (B floats): the weights are B * softmax(tau * r) over the
-                    *global* batch, each rank keeps its own slice; DDP all-reduces (averages) the gradients
-    every refresh   one all_reduce of an error flag after the reward ran: a rank whose reward raised stops all ranks
+    every step      DDP all-reduces (averages) the gradients; with ``weighting: batch-normalized`` also an all_gather of
+                    the minibatch's rewards (B floats): B * softmax(tau * r) over the *global* batch, each rank keeps
+                    its own slice (finetune/weights.py)
+    every refresh   one all_reduce of an error flag after the reward ran: a rank whose reward raised stops all ranks;
+                    an all_gather of the buffer's rewards for the refresh's weight scale (log Z, the float-range shift)
     every log       all_reduce of the running means (4 floats)
     every epoch     rank 0 evaluates, writes grids and checkpoints; the others wait at a barrier
 
@@ -25,9 +27,11 @@ import torch.distributed as dist
 
 from .errors import RankFailed, UserError
 
-__all__ = ["DistContext", "RankFailed", "setup", "teardown", "current", "global_weights"]
+__all__ = ["DistContext", "RankFailed", "setup", "teardown", "current", "gather_cat", "gather_with_sizes"]
 
-SEED_STRIDE = 1_000_003  # rank r's generator seed is seed + r * SEED_STRIDE (rank 0: the single-process seed)
+# rank r's generator seed is seed + r * SEED_STRIDE (rank 0: the single-process seed). Not 1_000_003: that is the
+# evaluation noise's offset, and rank 1 would have drawn its training noise from the evaluation noise's stream.
+SEED_STRIDE = 2_000_029
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def split(total: int, ctx: DistContext, name: str) -> int:
     return total // ctx.world_size
 
 
-def _gather(x: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]:
+def gather_with_sizes(x: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]:
     """Every rank's (n_r, ...) tensor concatenated in rank order, and the sizes n_r (two all_gathers)."""
     if not ctx.enabled:
         return x, [x.shape[0]]
@@ -120,22 +124,7 @@ def _gather(x: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]
 
 def gather_cat(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Concatenate every rank's (n_r, ...) tensor in rank order (sizes may differ, e.g. after dropped rewards)."""
-    return _gather(x, ctx)[0]
-
-
-def global_weights(rewards: torch.Tensor, temperature: float, ctx: DistContext) -> torch.Tensor:
-    """This rank's slice (n_r,) of ``B * softmax(temperature * r)`` over the rewards of all ranks (B in total).
-
-    With N ranks of B/N samples each, the weights are exactly those one process would give the concatenated
-    batch, so the mean of the per-rank losses (what DDP's gradient averaging takes) is the one-process loss.
-    """
-    from .finetune.orw import reward_weights
-
-    if not ctx.enabled:
-        return reward_weights(rewards, temperature)
-    everyone, sizes = _gather(rewards, ctx)  # the sizes come with the rewards: no second gather per step
-    start = sum(sizes[: ctx.rank])
-    return reward_weights(everyone, temperature)[start : start + rewards.shape[0]]
+    return gather_with_sizes(x, ctx)[0]
 
 
 def any_rank(flag: bool, ctx: DistContext, device: torch.device | str = "cpu") -> bool:

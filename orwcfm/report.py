@@ -50,7 +50,8 @@ _EPOCH_PNG = re.compile(r"^epoch_(\d+)\.png$")
 # Metrics whose before/after pair heads the summary table, in this order; others follow alphabetically.
 _METRIC_ORDER = ("reward_mean", "target_fraction", "diversity")
 # Metrics measured on top of those, shown next (when measured), before the rest in the order recorded.
-_SECONDARY = ("gold_target_fraction", "vendi", "class_entropy", "w2_to_reference", "digits_fd_data")
+_SECONDARY = ("gold_target_fraction", "vendi", "class_entropy", "w2_to_reference", "w2_to_reference_floor", "digits_fd_data",
+              "digits_fd_target")
 _LABELS = {
     "reward_mean": "reward mean",
     "reward_std": "reward std",
@@ -61,10 +62,12 @@ _LABELS = {
     "gold_reward_mean": "reward mean, gold classifier",
     "vendi": "Vendi score",
     "class_entropy": "class entropy (nats)",
-    "w2_to_reference": "W2 to reference (exact, empirical)",
+    "w2_to_reference": "empirical W2 to reference (N-sample sets, same noise)",
+    "w2_to_reference_floor": "its floor: empirical W2 between two independent reference N-sample sets",
     "w2_bound": "W2 bound (∫ E‖v − v_ref‖² dt)",
     "coupled_sq": "E‖X₁ − Y₁‖² (same noise)",
-    "digits_fd_data": "digits-FD to the data",
+    "digits_fd_data": "digits-FD to the data (all classes)",
+    "digits_fd_target": "digits-FD to the target classes' data",
     "digits_fd_ref": "digits-FD to the reference",
     "w2_coefficient": "W2 coefficient α",
     "temperature": "temperature τ",

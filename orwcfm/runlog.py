@@ -49,6 +49,18 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
+    def note(self, step: int, text: str) -> None:
+        """A sentence for the reader of the run (``RUN/notes.txt``, TensorBoard text and standard error)."""
+        import sys
+
+        from tqdm.auto import tqdm
+
+        with open(self.run_dir / "notes.txt", "a") as f:
+            f.write(f"step {step}: {text}\n")
+        if self._tb is not None:
+            self._tb.add_text("notes", text, step)
+        tqdm.write(f"note (step {step}): {text}", file=sys.stderr)
+
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:

@@ -35,7 +35,7 @@ RESERVED_KEYS = ("savedir", "run_name")
 # Columns of the results table, in order, when the runs measured them.
 METRIC_COLUMNS = (
     "reward_mean", "reward_q50", "reward_max", "target_fraction", "gold_target_fraction", "diversity", "vendi",
-    "class_entropy", "w2_to_reference", "digits_fd_data", "digits_fd_ref",
+    "class_entropy", "w2_to_reference", "w2_to_reference_floor", "digits_fd_data", "digits_fd_target", "digits_fd_ref",
 )
 
 

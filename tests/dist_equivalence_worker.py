@@ -9,6 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from orwcfm import distributed as dist_util
 from orwcfm.finetune.orw import orw_cfm_w2_loss
+from orwcfm.finetune.weights import loss_weights, refresh_scale
 from orwcfm.models import MLP
 
 
@@ -36,13 +37,15 @@ def main(out: str) -> None:
     mine = slice(ctx.rank * n, (ctx.rank + 1) * n)
     model, reference = nets()
     ddp = DistributedDataParallel(model)
-    weights = dist_util.global_weights(rewards[mine], 3.0, ctx)
-    out_ = orw_cfm_w2_loss(ddp, reference, x1[mine], weights, x0[mine], t[mine], alpha=0.5)
+    scale = refresh_scale(rewards[mine], 3.0, 0.5, ctx)  # over the gathered buffer: the same on every rank
+    lw = loss_weights(rewards[mine], 3.0, 0.5, "batch-normalized", scale, ctx)  # the global softmax, this rank's slice
+    weights = lw.weights
+    out_ = orw_cfm_w2_loss(ddp, reference, x1[mine], weights, x0[mine], t[mine], alpha=lw.w2_coefficient)
     out_.loss.backward()  # DDP averages the gradients over the ranks
     loss = dist_util.mean_over_ranks({"loss": out_.loss.detach()}, ctx)["loss"]
     all_weights = dist_util.gather_cat(weights, ctx)  # collectives: every rank calls them
     if ctx.is_main:
-        torch.save({"loss": loss, "weights": all_weights, "grads": [p.grad.clone() for p in model.parameters()]}, out)
+        torch.save({"loss": loss, "weights": all_weights, "log_z": scale.log_z, "grads": [p.grad.clone() for p in model.parameters()]}, out)
     dist_util.teardown(ctx)
 
 

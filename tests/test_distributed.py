@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from orwcfm.checkpoint import list_checkpoints, load_checkpoint
-from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
+from orwcfm.finetune.orw import orw_cfm_w2_loss
+from orwcfm.finetune.weights import logmeanexp, normalized_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_equivalence_worker as worker  # noqa: E402
@@ -41,11 +42,12 @@ def test_two_process_step_equals_one_process_step_on_the_concatenated_batch(tmp_
 
     x1, rewards, x0, t = worker.batch()
     model, reference = worker.nets()
-    weights = reward_weights(rewards, 3.0)
+    weights = normalized_weights(rewards, 3.0)
     one = orw_cfm_w2_loss(model, reference, x1, weights, x0, t, alpha=0.5)
     one.loss.backward()
     # the global softmax: each rank's slice of the gathered weights is the one-process weights
     torch.testing.assert_close(two["weights"], weights)
+    torch.testing.assert_close(two["log_z"], logmeanexp(3.0 * rewards))  # the refresh's log Z over all ranks
     assert weights.max() > 2 * weights.min()  # a real tilt, not all ones
     torch.testing.assert_close(two["loss"], one.loss.detach(), rtol=1e-5, atol=1e-7)
     for g2, p in zip(two["grads"], model.parameters()):

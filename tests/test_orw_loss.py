@@ -1,4 +1,6 @@
-"""The ORW-CFM-W2 objective: weights, the W2 term and the coupling trap, against hand computations."""
+"""The ORW-CFM-W2 objective: weights, the W2 term and the coupling trap, against hand computations.
+
+The weightings and what alpha is measured against are in tests/test_weighting.py."""
 
 import copy
 
@@ -7,20 +9,21 @@ import torch
 from torch import nn
 
 from orwcfm.couplings import ot_coupling
-from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
+from orwcfm.finetune.orw import orw_cfm_w2_loss
+from orwcfm.finetune.weights import normalized_weights
 from orwcfm.models import MLP
 
 
 def test_weights_constant_reward_gives_ones():
-    torch.testing.assert_close(reward_weights(torch.full((7,), 3.2), 10.0), torch.ones(7))
+    torch.testing.assert_close(normalized_weights(torch.full((7,), 3.2), 10.0), torch.ones(7))
 
 
 def test_weights_shift_invariant_and_normalised():
     r = torch.randn(16, dtype=torch.float64)
-    w = reward_weights(r, 2.5)
+    w = normalized_weights(r, 2.5)
     assert w.dtype == torch.float64
-    torch.testing.assert_close(w, reward_weights(r + 1000.0, 2.5))
-    torch.testing.assert_close(reward_weights(r.float(), 2.5), reward_weights(r.float() + 10.0, 2.5), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, normalized_weights(r + 1000.0, 2.5))
+    torch.testing.assert_close(normalized_weights(r.float(), 2.5), normalized_weights(r.float() + 10.0, 2.5), rtol=1e-5, atol=1e-6)
     assert w.mean().item() == pytest.approx(1.0, abs=1e-6)
     # closed form: exp(tau r_i) / mean_j exp(tau r_j)
     e = torch.exp(2.5 * r.double())
@@ -28,15 +31,15 @@ def test_weights_shift_invariant_and_normalised():
 
 
 def test_weights_finite_for_huge_tau_r():
-    w = reward_weights(torch.tensor([1e4, 0.0, -1e4, 1e4]), 1.0)
+    w = normalized_weights(torch.tensor([1e4, 0.0, -1e4, 1e4]), 1.0)
     assert torch.isfinite(w).all()
     torch.testing.assert_close(w, torch.tensor([2.0, 0.0, 0.0, 2.0]))
-    assert torch.isfinite(reward_weights(torch.tensor([1e6, 1e6 - 1]), 1.0)).all()
+    assert torch.isfinite(normalized_weights(torch.tensor([1e6, 1e6 - 1]), 1.0)).all()
 
 
 def test_weights_reject_bad_shape():
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
-        reward_weights(torch.zeros(3, 1), 1.0)
+        normalized_weights(torch.zeros(3, 1), 1.0)
 
 
 class Linear(nn.Module):
@@ -60,7 +63,7 @@ def test_gradient_equals_hand_computed_weighted_loss():
     model, reference = Linear(), Linear()
     with torch.no_grad():
         reference.A.add_(0.3)
-    out = orw_cfm_w2_loss(model, reference, x1, reward_weights(r, 0.7), x0, t, alpha=0.5)
+    out = orw_cfm_w2_loss(model, reference, x1, normalized_weights(r, 0.7), x0, t, alpha=0.5)
     out.loss.backward()
 
     # independent computation: explicit weights exp(0.7 r)/mean, explicit interpolant and target

@@ -12,7 +12,8 @@ from orwcfm import ORWCFMTrainer
 from orwcfm.checkpoint import load_checkpoint
 from orwcfm.config import FinetuneConfig, SamplingConfig, finetune_config
 from orwcfm.errors import UserError
-from orwcfm.finetune.orw import orw_cfm_w2_loss, reward_weights
+from orwcfm.finetune.orw import orw_cfm_w2_loss
+from orwcfm.finetune.weights import normalized_weights
 from orwcfm.models import MLP, UNet
 from orwcfm.sampling import autocast, generate, integrate
 from orwcfm.train import make_adam
@@ -139,7 +140,7 @@ def test_finetuning_uses_fused_adam_and_matches_the_unfused_update(reference, tm
 def test_bf16_training_loss_matches_fp32_and_trains(reference, tmp_path):
     trainer = make(reference, tmp_path)
     x1 = trainer.sample(64, seed=3)
-    weights = reward_weights(-x1.pow(2).sum(1), 1.0)
+    weights = normalized_weights(-x1.pow(2).sum(1), 1.0)
     gen = torch.Generator().manual_seed(0)
     x0, t = torch.randn(x1.shape, generator=gen), torch.rand(64, generator=gen)
     # a model that differs from the reference, so that the W2 term is not 0

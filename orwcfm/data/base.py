@@ -8,7 +8,7 @@ Images are float32, channels-first ``(C, H, W)``, scaled to ``[-1, 1]``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,3 +159,20 @@ def as_choice(dataset: str, option: str, value: object, choices: tuple[str, ...]
     if value not in choices:
         raise _bad(dataset, option, "one of " + ", ".join(repr(c) for c in choices), value)
     return str(value)
+
+
+def as_classes(dataset: str, option: str, value: object) -> list[int]:
+    """The sorted distinct classes in ``value``, a non-empty list of ints 0..9, else a :class:`UserError`.
+
+    >>> as_classes("digits", "digits", [7, 3, 7])
+    [3, 7]
+    """
+    ok = (
+        isinstance(value, Sequence)
+        and not isinstance(value, str | bytes)
+        and len(value) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in value)
+    )
+    if not ok:
+        raise _bad(dataset, option, "a non-empty list of integers 0..9", value)
+    return sorted(set(value))

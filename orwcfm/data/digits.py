@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from orwcfm.data.base import TensorData
-from orwcfm.errors import UserError
+from orwcfm.data.base import TensorData, as_classes
 
 
 def digits(digits: Sequence[int] | None = None) -> TensorData:
@@ -27,17 +26,7 @@ def digits(digits: Sequence[int] | None = None) -> TensorData:
     labels = torch.from_numpy(bunch.target).long()
     keep = None
     if digits is not None:
-        ok = (
-            isinstance(digits, Sequence)
-            and not isinstance(digits, str | bytes)
-            and len(digits) > 0
-            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 9 for d in digits)
-        )
-        if not ok:
-            raise UserError(
-                f"option 'digits' of data set 'digits' must be a non-empty list of integers 0..9, got {digits!r}"
-            )
-        keep = sorted(set(digits))
+        keep = as_classes("digits", "digits", digits)
         mask = torch.isin(labels, torch.tensor(keep))
         x, labels = x[mask], labels[mask]
     return TensorData("digits", x.contiguous(), labels, "image", params={"digits": keep})

@@ -5,8 +5,20 @@ Data flow of one evaluation::
 
     noise --ODE(model)--> samples --reward--> RewardStats, the reward's task metrics (target fraction, ...)
                                   --------> diversity: mean pairwise distance, Vendi score
-    noise --ODE(reference)--> reference samples --> empirical W2 (exact EMD), W2 bound along the model's ODE
-    samples --judge (digits)--> class entropy, digits-FD to the data and to the reference, gold reward
+    noise --ODE(reference)--> reference samples --> empirical W2 between the two N-sample sets, W2 bound along the
+                                                    model's ODE
+    floor noise --ODE(reference)--> a second, independent reference set --> the W2 floor (once per run)
+    samples --judge (digits)--> class entropy, digits-FD to the data, to the target classes' data and to the
+                                reference, gold reward
+
+``w2_to_reference`` is the exact optimal-assignment W2 between two *N-point* sets (the model's and the
+reference's samples from the same noise); it is not the population W2(p_theta, p_ref). In 64 dimensions N = 1000
+points are far from their distribution: two independent sets of the reference itself are about 2.7 apart. So
+every evaluation that measures it also reports ``w2_to_reference_floor``, the same statistic between the
+reference's set and a second reference set of the same size from independent noise. Because the model's
+samples share the reference's noise, ``w2_to_reference`` can lie below the floor (it is 0 when the model is the
+reference); a value near or above the floor says the model's samples have moved as far from the reference's as
+an independent redraw of the reference would, not that W2(p_theta, p_ref) is that large.
 """
 
 from __future__ import annotations
@@ -20,12 +32,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..metrics import RewardStats, class_entropy, empirical_w2, frechet_distance, mean_pairwise_distance, reward_stats, vendi_score, w2_bound
+from ..metrics import (RewardStats, class_entropy, empirical_w2, frechet_distance, mean_pairwise_distance, median_distance,
+                       reward_stats, vendi_score, w2_bound)
 from ..rewards import call_reward
 from .. import sampling
 from ..sampling import integrate
 
 Judge = Callable[[torch.Tensor, "torch.Tensor | None"], dict[str, Any]]
+
+# A run's floor noise is drawn with seed (run seed + this): never a rank's seed (seed + r * 2_000_029), nor the
+# evaluation noise's (seed + 1_000_003), nor sample()'s (seed + 2), so the second reference set is independent.
+FLOOR_SEED_OFFSET = 500_009
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,10 @@ class Evaluation:
         task: the reward's own metrics (e.g. ``target_fraction``, ``class_histogram``) and the judge's
             (``class_entropy``, ``digits_fd_data``, ``gold_target_fraction``, ...), when there are any.
         reference: distances to the reference model's samples from the same noise: ``w2_to_reference``
-            (exact empirical W2), ``w2_bound`` (∫ E||v - v_ref||^2 dt along the model's ODE) and
-            ``coupled_sq`` (E||X_1 - Y_1||^2); empty when no reference was given.
+            (exact W2 between the two N-sample sets, not the population W2), ``w2_to_reference_floor`` (the
+            same statistic between two independent N-sample sets of the reference: what finite N alone gives),
+            ``w2_bound`` (∫ E||v - v_ref||^2 dt along the model's ODE) and ``coupled_sq`` (E||X_1 - Y_1||^2);
+            empty when no reference was given.
     """
 
     samples: torch.Tensor
@@ -86,11 +105,52 @@ def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, 
         return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size)
 
 
+@dataclass(frozen=True)
+class ReferenceSet:
+    """What a run measures of its reference once, and compares every evaluation with.
+
+    Attributes:
+        samples: (N, *shape) the reference's samples on the evaluation noise.
+        bandwidth: their median pairwise distance (the Vendi kernel's fixed scale).
+        w2_floor: ``empirical_w2(samples, second)``, ``second`` N reference samples from independent noise: the
+            exact W2 between two N-point sets of one distribution, i.e. the finite-sample floor of
+            ``w2_to_reference`` (not a lower bound on it: the model's samples share the reference's noise).
+    """
+
+    samples: torch.Tensor
+    bandwidth: float
+    w2_floor: float
+
+
+@torch.no_grad()
+def reference_w2_floor(reference: nn.Module, reference_samples: torch.Tensor, floor_noise: torch.Tensor, *, solver: str,
+                    steps: int, batch_size: int = 1000) -> float:
+    """Empirical W2 between ``reference_samples`` (N, *shape) and the reference integrated from ``floor_noise``
+    (N, *shape, drawn independently of the noise that made ``reference_samples``)."""
+    if floor_noise.shape != reference_samples.shape:
+        raise ValueError(f"the floor needs a second set of the same size: noise {tuple(floor_noise.shape)} "
+                         f"vs samples {tuple(reference_samples.shape)}")
+    second = generate(reference, floor_noise, solver=solver, steps=steps, batch_size=batch_size)
+    return empirical_w2(reference_samples, second)
+
+
+@torch.no_grad()
+def reference_set(reference: nn.Module, noise: torch.Tensor, floor_noise: torch.Tensor, *, solver: str, steps: int,
+                  batch_size: int = 1000) -> ReferenceSet:
+    """Integrate ``reference`` from the evaluation ``noise`` (N, *shape) and from independent ``floor_noise``
+    (same shape); see :class:`ReferenceSet`."""
+    if torch.equal(noise.cpu(), floor_noise.cpu()):
+        raise ValueError("the floor noise must be independent of the evaluation noise, got the same tensor")
+    samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
+    floor = reference_w2_floor(reference, samples, floor_noise, solver=solver, steps=steps, batch_size=batch_size)
+    return ReferenceSet(samples, median_distance(samples), floor)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, steps: int,
              name: str = "reward", step: int = 0, batch_size: int = 1000, reference: nn.Module | None = None,
              reference_samples: torch.Tensor | None = None, vendi_bandwidth: float | None = None,
-             judge: Judge | None = None, bound_samples: int = 256) -> Evaluation:
+             judge: Judge | None = None, bound_samples: int = 256, reference_floor: float | None = None) -> Evaluation:
     """Integrate ``model`` from the fixed ``noise`` (N, *shape) and measure the samples.
 
     The same noise before and after training makes the comparison paired: differences come from the model,
@@ -98,6 +158,9 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
     avoid integrating it again) the distances to the reference are measured too; the W2 bound on the first
     ``bound_samples`` only (an expectation: a few hundred samples estimate it well, at a quarter of the cost). ``vendi_bandwidth`` fixes
     the Vendi kernel's scale (pass the reference's median distance so that scores compare across epochs).
+    ``reference_floor`` is the reference's W2 floor for this N (:class:`ReferenceSet`); when a reference is given
+    without it, it is computed here from noise drawn with seed ``FLOOR_SEED_OFFSET`` (a caller that evaluates
+    repeatedly computes it once with :func:`reference_set` instead).
     """
     nets = (model,) if reference is None else (model, reference)
     with eval_mode(*nets):
@@ -111,6 +174,14 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
             if reference_samples is None:
                 reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
             distances["w2_to_reference"] = empirical_w2(x, reference_samples)
+            if reference_floor is None:
+                gen = torch.Generator().manual_seed(FLOOR_SEED_OFFSET)
+                floor_noise = torch.randn(noise.shape, generator=gen)
+                if torch.equal(floor_noise, noise.cpu()):  # the caller drew its noise with this very seed
+                    floor_noise = torch.randn(noise.shape, generator=gen)
+                reference_floor = reference_w2_floor(reference, reference_samples, floor_noise.to(noise.device),
+                                                     solver=solver, steps=steps, batch_size=batch_size)
+            distances["w2_to_reference_floor"] = reference_floor
             bound = w2_bound(model, reference, noise[:n_bound], solver=solver, steps=steps,
                              reference_samples=reference_samples[:n_bound], trajectory=head)
             distances["w2_bound"] = bound.integral
@@ -134,14 +205,20 @@ class DigitsJudge:
 
     ``judge(samples, reference_samples)`` returns:
         class_entropy: entropy (nats) of the classifier's class histogram (log 10 = 2.303 when uniform);
-        digits_fd_data: Fréchet distance, in the classifier's 128-d feature space, to the real digits;
+        digits_fd_data: Fréchet distance, in the classifier's 128-d feature space, to all the real digits (so
+            fine-tuning toward some classes raises it by design);
+        digits_fd_target: the same to the real digits of the target classes only (when the reward has digit
+            targets and ``labels`` are given): low when the samples look like real target digits;
         digits_fd_ref: the same to the reference's samples (when given);
         gold_target_fraction, gold_reward_mean: the reward recomputed with the held-out gold classifier
             (when the reward has digit targets); gold_class_entropy.
+
+    ``data`` (M, 1, 8, 8) are the real digits and ``labels`` (M,) their classes.
     """
 
     def __init__(self, classifier: nn.Module, gold: nn.Module, data: torch.Tensor,
-                 targets: tuple[int, ...] | None = None, log_prob: bool = False) -> None:
+                 targets: tuple[int, ...] | None = None, log_prob: bool = False,
+                 labels: torch.Tensor | None = None) -> None:
         from ..rewards.digits import DigitsTargetReward
 
         self.classifier = classifier.eval()
@@ -149,6 +226,14 @@ class DigitsJudge:
         # The gold reward is the task's own reward code with the held-out classifier swapped in.
         self.gold = DigitsTargetReward(gold, targets or "even", log_prob=log_prob)
         self.data_features = self._features(data)
+        self.target_features: torch.Tensor | None = None
+        if targets is not None and labels is not None:
+            if labels.shape != (len(data),):
+                raise ValueError(f"labels must be ({len(data)},) like data, got {tuple(labels.shape)}")
+            in_target = torch.isin(labels.cpu(), torch.tensor(list(targets)))
+            if not in_target.any():
+                raise ValueError(f"no real digit of the target classes {list(targets)} among the data")
+            self.target_features = self.data_features[in_target]
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +250,8 @@ class DigitsJudge:
             "digits_fd_data": frechet_distance(feats, self.data_features),
             "gold_class_entropy": class_entropy(gold["class_histogram"]),
         }
+        if self.target_features is not None:
+            out["digits_fd_target"] = frechet_distance(feats, self.target_features)
         if reference_samples is not None:
             out["digits_fd_ref"] = frechet_distance(feats, self._features(reference_samples))
         if self.targets is not None:
@@ -181,8 +268,10 @@ def make_judge(event_shape: tuple[int, ...] | None, reward_fn: Any = None,
     from ..assets import digits_classifier, gold_classifier
     from ..data import load_dataset
 
-    return DigitsJudge(digits_classifier(cache).model, gold_classifier(cache).model, load_dataset("digits").x,
-                       targets=getattr(reward_fn, "targets", None), log_prob=bool(getattr(reward_fn, "log_prob", False)))
+    data = load_dataset("digits")
+    return DigitsJudge(digits_classifier(cache).model, gold_classifier(cache).model, data.x,
+                       targets=getattr(reward_fn, "targets", None), log_prob=bool(getattr(reward_fn, "log_prob", False)),
+                       labels=data.labels)
 
 
 @dataclass(frozen=True)
@@ -227,11 +316,11 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     """Sample ``num_samples`` from a checkpoint (fixed ``seed``) and measure everything :func:`evaluate` can.
 
     The reward is ``reward`` (a name) or the one the run was fine-tuned with; for a fine-tuning checkpoint the
-    reference it recorded is loaded too, and the distances to it are measured from the same noise.
+    reference it recorded is loaded too, and the distances to it are measured from the same noise; the W2 floor
+    uses the next ``num_samples`` draws of the same seeded stream as its independent noise.
     """
     from ..checkpoint import load_checkpoint
     from ..errors import UserError
-    from ..metrics import median_distance
     from ..rewards import load_reward
     from ..sampling import check_solver
 
@@ -240,7 +329,8 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     loaded = load_checkpoint(path)
     config = loaded.meta.get("config", {})
     kind = loaded.meta.get("kind", "?")
-    which = weights or ("ema" if loaded.ema_weights is not None else "raw")
+    # A fine-tuning run records which weights it measured and sampled with (its one choice); else EMA when present.
+    which = weights or loaded.meta.get("evaluated_weights") or ("ema" if loaded.ema_weights is not None else "raw")
     model = loaded.build_model(which, device=device)
     reward_name = reward or config.get("reward")
     if reward_name is None:
@@ -251,17 +341,19 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     solver, steps = solver or sampler.get("solver", "midpoint"), steps or sampler.get("steps", 10)
     check_solver(solver, steps)
     shape = tuple(loaded.spec.event_shape)
-    noise = torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((num_samples, *shape), generator=gen).to(device)
 
-    reference = ref_samples = bandwidth = None
+    reference = ref = None
     ref_info = loaded.meta.get("reference") if kind == "finetune" else None
     if ref_info and ref_info.get("path"):
         ref_ckpt = load_checkpoint(ref_info["path"])
         reference = ref_ckpt.build_model(ref_info.get("weights") or "ema", device=device)
-        ref_samples = generate(reference, noise, solver=solver, steps=steps)
-        bandwidth = median_distance(ref_samples)
+        floor_noise = torch.randn(noise.shape, generator=gen).to(device)  # the stream after the noise: independent
+        ref = reference_set(reference, noise, floor_noise, solver=solver, steps=steps)
     ev = evaluate(model, reward_fn, noise, solver=solver, steps=steps, name=reward_name, reference=reference,
-                  reference_samples=ref_samples, vendi_bandwidth=bandwidth, judge=make_judge(shape, reward_fn, cache))
+                  reference_samples=ref.samples if ref else None, vendi_bandwidth=ref.bandwidth if ref else None,
+                  reference_floor=ref.w2_floor if ref else None, judge=make_judge(shape, reward_fn, cache))
     return CheckpointEvaluation(
         checkpoint=str(loaded.path), kind=kind, step=loaded.meta.get("step"), weights=which, reward=reward_name,
         num_samples=num_samples, seed=seed, solver=solver, steps=steps,

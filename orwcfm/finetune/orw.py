@@ -1,21 +1,28 @@
 """The ORW-CFM-W2 objective (Fan et al., ICLR 2025), as one small function.
 
-Given policy samples ``x1`` with rewards ``r``::
+Given policy samples ``x1`` and their loss coefficients (``weights.py``: the paper's ``w_i = exp(tau r_i)`` by
+default, and the W2 coefficient alpha)::
 
-    w_i  = B * softmax(tau * r)_i                           weights averaging 1 over the (global) batch
-    x0 ~ N(0, I),  t ~ p(t),  pairing = coupling(x0, x1)    weights follow their samples through the pairing
-    x_t, u_t = path(x0, x1[perm], t)
-    loss = mean_i [ w_i ||v_theta(t, x_t) - u_t||^2  +  alpha ||v_theta(t, x_t) - v_ref(t, x_t)||^2 ]
+    x0 ~ N(0, I),  t ~ p(t)
+    fm  = mean_i  w_i ||v_theta(t, x_t) - u_t||^2          x_t, u_t on the pairing coupling(x0, x1)
+    w2  = mean_i      ||v_theta(t, x_t) - v_ref(t, x_t)||^2  x_t on independent pairs of the policy's samples
+    loss = fm + alpha * w2
 
-The second term is the tractable bound on W2^2(p_theta, p_ref) (up to e^{2L}); alpha = 0 is plain ORW-CFM.
+The second term is the tractable bound on W2^2(p_theta, p_ref) (up to e^{2L}); alpha = 0 is plain ORW-CFM. Its
+expectation is over the *policy's* samples, unweighted.
 
 Weights and couplings that look at x1 (minibatch OT) do not mix: a weight on the pair (x0_i, x1_sigma(i)) tilts
 the *noise* x0_i as much as the sample, so the learned flow maps a tilted noise distribution to the tilted data,
 while sampling starts from plain N(0, I). In 1-D (OT = the monotone map) the two tilts cancel exactly and the
 model does not move at all. The cure is to apply the weights *before* pairing: resample the minibatch with
-probabilities w_i / B (systematic resampling: each sample is drawn floor or ceil of w_i times) and use unit
-weights. The expected loss is the same as with weights under independent pairing; only then is x1 OT-paired.
-``resample=None`` (the default) does this exactly when the coupling is not the independent one.
+probabilities w_i / sum(w) (systematic resampling: each sample is drawn floor or ceil of B w_i / sum(w) times),
+use unit weights and multiply the term by mean(w), so that its expectation is the weighted term's. Only then is
+x1 OT-paired. ``resample=None`` (the default) does this exactly when the coupling is not the independent one.
+
+Resampling tilts whatever is computed on the resampled batch, so the W2 term is *not* evaluated there (that made
+it ``mean_i w_i w2_i``: a regulariser that vanishes where the weights are small). With a coupling other than the
+independent one, it is evaluated on a second set of interpolants, the un-resampled batch paired independently with
+the same noise and times: one more forward pass of the model (batched with the first) and of the reference.
 
 Squared norms are averaged over the event dimensions (as in the pretraining loss): this rescales both terms by
 the same 1/D, so alpha means the same thing, and learning rates carry over between image sizes.
@@ -33,31 +40,13 @@ from ..couplings import Pairing, independent_coupling
 from ..paths import StraightPath
 
 
-def reward_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``B * softmax(temperature * rewards)``: exp(tau r) normalised to average 1 over the batch.
-
-    Stable for any tau * r (softmax subtracts the maximum), unchanged by adding a constant to every reward,
-    and all ones for a constant reward (or tau = 0). ``rewards``: (B,) -> (B,).
-
-    >>> reward_weights(torch.tensor([1.0, 1.0, 1.0]), 5.0).tolist()
-    [1.0, 1.0, 1.0]
-    >>> reward_weights(torch.tensor([0.0, 1e4]), 1.0).tolist()
-    [0.0, 2.0]
-    """
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
-    # at least float32: half-precision softmax would quantise the weights of a large batch
-    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
-    return rewards.shape[0] * torch.softmax(temperature * r, dim=0)
-
-
 @dataclass(frozen=True)
 class ORWLoss:
     """The loss and its parts.
 
     Attributes:
-        loss: scalar to minimise (carries the graph to the model's parameters).
-        fm: detached scalar, mean_i w_i ||v - u||^2 (the reward-weighted flow-matching term).
+        loss: scalar to minimise (carries the graph to the model's parameters): ``fm + alpha * w2``.
+        fm: detached scalar, mean_i w_i ||v - u||^2 (the reward-weighted flow-matching term, in the loss's units).
         w2: detached scalar, mean_i ||v - v_ref||^2 (the W2 bound term, before multiplying by alpha);
             exactly 0 when the model equals the reference.
     """
@@ -81,7 +70,8 @@ def systematic_resample(weights: torch.Tensor, generator: torch.Generator | None
     """Indices (B,) drawing each of B samples floor or ceil of ``B * w_i / sum(w)`` times (systematic resampling).
 
     Unbiased (E[count_i] = B w_i / sum w) with the least spread of any resampling scheme; one uniform number,
-    drawn on the CPU from ``generator`` so that the device never has to synchronise. ``weights``: (B,) >= 0.
+    drawn on the CPU from ``generator`` so that the device never has to synchronise. ``weights``: (B,) >= 0; when
+    they are all 0 (every weight underflowed) the draw is uniform, and the caller's factor mean(w) = 0 removes the term.
 
     >>> systematic_resample(torch.tensor([0.0, 3.0, 1.0, 0.0]), torch.Generator().manual_seed(0)).tolist()
     [1, 1, 1, 2]
@@ -90,7 +80,8 @@ def systematic_resample(weights: torch.Tensor, generator: torch.Generator | None
     u = torch.rand((), generator=generator).to(weights.device)
     positions = (torch.arange(b, device=weights.device, dtype=torch.float64) + u) / b
     cdf = torch.cumsum(weights.double(), 0)
-    cdf = cdf / cdf[-1]
+    uniform = torch.arange(1, b + 1, device=weights.device, dtype=torch.float64) / b
+    cdf = torch.where(cdf[-1] > 0, cdf / cdf[-1].clamp_min(torch.finfo(torch.float64).tiny), uniform)
     return torch.searchsorted(cdf, positions, right=True).clamp_max(b - 1)
 
 
@@ -102,56 +93,60 @@ def orw_cfm_w2_loss(
     x0: torch.Tensor,
     t: torch.Tensor,
     *,
-    alpha: float,
+    alpha: float | torch.Tensor,
     path: StraightPath = StraightPath(),
     coupling: Callable[[torch.Tensor, torch.Tensor], Pairing] = independent_coupling,
     resample: bool | None = None,
     generator: torch.Generator | None = None,
-    keep_weight_mass: bool = False,
 ) -> ORWLoss:
-    """The ORW-CFM-W2 loss of one batch.
+    """The ORW-CFM-W2 loss of one batch: ``mean_i [w_i ||v - u||^2 + alpha ||v - v_ref||^2]``.
 
     Args:
         model: the velocity field being trained, ``model(t, x)``.
-        reference: the frozen pretrained velocity field (may be ``None`` when ``alpha == 0``).
+        reference: the frozen pretrained velocity field; ``None`` leaves the W2 term out (then ``alpha`` must be 0).
         x1: (B, *shape) samples of the sampling policy.
-        weights: (B,) reward weights of ``x1`` (see :func:`reward_weights`), in the order of ``x1``.
+        weights: (B,) the coefficients of the flow-matching terms, in the order of ``x1`` (``weights.py``).
         x0: (B, *shape) fresh noise.
         t: (B,) times.
-        alpha: the W2 coefficient (``w2_coefficient``), >= 0.
+        alpha: the coefficient of the W2 term, >= 0 (a float, or a 0-dim tensor such as
+            ``LossWeights.w2_coefficient``, which then stays on the device).
         path: the probability path.
-        coupling: how ``x0`` and ``x1`` are paired; its permutation is applied to ``weights`` too.
-        resample: apply the weights by resampling ``x1`` before pairing (unit weights after); default: when
-            ``coupling`` is not the independent one (see the module docstring for why).
+        coupling: how ``x0`` and ``x1`` are paired for the flow-matching term; its permutation is applied to
+            ``weights`` too. The W2 term always uses independent pairs of the un-resampled batch.
+        resample: apply the weights by resampling ``x1`` before pairing (unit weights, times mean(w), after);
+            default: when ``coupling`` is not the independent one (see the module docstring for why).
         generator: the random source of the resampling.
-        keep_weight_mass: when resampling, multiply the loss by ``mean(weights)``. One rank of several holds a
-            slice of the global weights, whose mean is not 1; resampling alone would give every rank the same
-            total weight. With the factor, E[loss] is the weighted loss of the slice, and the average over ranks
-            is the one-process loss. (One process: the mean is 1 up to rounding, and the factor is left out.)
     """
     if weights.shape != (x1.shape[0],):
         raise ValueError(f"weights must have shape ({x1.shape[0]},) to match x1 {tuple(x1.shape)}, got {tuple(weights.shape)}")
-    mass = None
+    if reference is None and isinstance(alpha, (int, float)) and alpha > 0:
+        raise ValueError("alpha > 0 needs a reference model")
+    fm_x1, fm_w, mass = x1, weights, None
     if resample if resample is not None else coupling is not independent_coupling:
-        mass = weights.mean() if keep_weight_mass else None
-        x1 = x1[systematic_resample(weights, generator)]
-        weights = torch.ones_like(weights)
-    pair = coupling(x0, x1)
-    w = weights[pair.index]  # the weight travels with its sample (the published code forgot this)
+        mass = weights.mean()  # E[mass * mean_j fm(resampled_j)] = mean_i w_i fm_i
+        fm_x1, fm_w = x1[systematic_resample(weights, generator)], None
+    pair = coupling(x0, fm_x1)
     target = path.sample(pair.x0, pair.x1, t)
-    v = _at_least_fp32(model(t, target.x_t))
-    fm = w * _per_sample_sq(v - target.u_t)
-    if alpha > 0:
-        if reference is None:
-            raise ValueError("alpha > 0 needs a reference model")
+    # The W2 term's interpolants: the policy's samples as drawn, independently paired. They are the FM term's own
+    # interpolants exactly when that term uses independent pairs of the un-resampled batch.
+    separate = reference is not None and (mass is not None or coupling is not independent_coupling)
+    if separate:
+        x_w2 = path.sample(x0, x1, t).x_t
+        v_both = _at_least_fp32(model(torch.cat([t, t]), torch.cat([target.x_t, x_w2])))
+        v, v_w2 = v_both[: len(t)], v_both[len(t):]
+    else:
+        v = _at_least_fp32(model(t, target.x_t))
+        v_w2, x_w2 = v, target.x_t
+    fm = _per_sample_sq(v - target.u_t)
+    fm = fm * fm_w[pair.index] if fm_w is not None else fm  # the weight travels with its sample (the published code forgot this)
+    fm_mean = fm.mean() if mass is None else mass * fm.mean()
+    if reference is not None:
         # The reference is frozen: no graph, no saved activations. Its output is a constant target for v.
         with torch.inference_mode():
-            v_ref = reference(t, target.x_t)
-        w2 = _per_sample_sq(v - _at_least_fp32(v_ref.clone()))
-        loss = (fm + alpha * w2).mean()
+            v_ref = reference(t, x_w2)
+        w2 = _per_sample_sq(v_w2 - _at_least_fp32(v_ref.clone())).mean()
+        loss = fm_mean + alpha * w2
     else:
-        w2 = torch.zeros_like(fm)
-        loss = fm.mean()
-    if mass is not None:
-        loss, fm = mass * loss, mass * fm
-    return ORWLoss(loss=loss, fm=fm.detach().mean(), w2=w2.detach().mean())
+        w2 = torch.zeros((), dtype=fm.dtype, device=fm.device)
+        loss = fm_mean
+    return ORWLoss(loss=loss, fm=fm_mean.detach(), w2=w2.detach())

@@ -11,7 +11,7 @@ model, frozen for the whole run). Data flow of one step::
 
     refresh?   policy <- model; buffer <- policy samples x1 (ODE from noise) and their rewards r (black box)
     minibatch  (x1, r) from the buffer (a fresh batch every step when buffer_size is null)
-    weights    w = B * softmax(tau * r)
+    weights    w = exp(tau * r), the paper's (or normalised: `weighting`)  (finetune/weights.py)
     loss       mean(w * ||v - u||^2 + alpha * ||v - v_ref||^2)      (finetune/orw.py)
     step       Adam, linear warm-up, gradient clipping, optional EMA
     log        every log_every steps (only then are numbers pulled off the device)
@@ -54,8 +54,9 @@ from ..runlog import RunLogger
 from ..sampling import autocast, check_solver, generate
 from ..train import make_adam, make_ema, warmup_schedule
 from .buffer import Minibatch, SampleBuffer
-from .evaluate import Evaluation, eval_mode, evaluate, make_judge
+from .evaluate import Evaluation, ReferenceSet, eval_mode, evaluate, make_judge
 from .orw import orw_cfm_w2_loss
+from .weights import RefreshScale, loss_weights, refresh_scale
 
 
 def infer_event_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -98,6 +99,10 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
 
 
+# The numbers summed on the device between logs (train/ in metrics.jsonl; w2_share is derived from them).
+RUNNING_KEYS = ("loss", "fm", "w2", "w2_term", "max_weight", "log_z", "alpha_relative", "loss_log_scale")
+
+
 def _frozen_copy(model: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
@@ -109,8 +114,10 @@ SUMMARY_EXTRA_ROWS = (
     ("gold_target_fraction", "target fraction, gold classifier (held out)"),
     ("vendi", "Vendi score"),
     ("class_entropy", "class entropy (nats)"),
-    ("w2_to_reference", "W2 to reference (exact, empirical)"),
-    ("digits_fd_data", "digits-FD to the data"),
+    ("w2_to_reference", "empirical W2 to reference (N-sample sets, same noise)"),
+    ("w2_to_reference_floor", "its floor: empirical W2 between two independent reference N-sample sets"),
+    ("digits_fd_data", "digits-FD to the data (all classes)"),
+    ("digits_fd_target", "digits-FD to the target classes' data"),
 )
 
 
@@ -135,6 +142,8 @@ class FinetuneSummary:
     dropped_samples: int = 0
     metrics_before: dict[str, float] | None = None  # every scalar of the first evaluation (epoch 0)
     metrics_after: dict[str, float] | None = None  # and of the last
+    weighting: str = "paper"  # what alpha is measured against (finetune/weights.py)
+    evaluated_weights: str = "raw"  # the weights every evaluation measured: ema when the run keeps an EMA
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -153,7 +162,8 @@ class FinetuneSummary:
         lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
         if self.class_histogram_after is not None:
             lines.append("| class histogram after | | " + " ".join(f"{i}:{f:.0%}" for i, f in enumerate(self.class_histogram_after)) + " |")
-        lines.append(f"| alpha / tau / epochs / steps | | {self.w2_coefficient:g} / {self.temperature:g} / {self.epochs} / {self.steps} |")
+        lines.append(f"| alpha / tau / weighting / epochs / steps | | {self.w2_coefficient:g} / {self.temperature:g} / "
+                     f"{self.weighting} / {self.epochs} / {self.steps} |")
         lines.append(f"| reward evaluations / wall time | | {self.reward_evaluations} / {self.wall_seconds:.0f} s |")
         return "\n".join(lines)
 
@@ -198,6 +208,7 @@ class ORWCFMTrainer:
         self.model.train(cfg.finetune_dropout)
         self.policy = _frozen_copy(self.model)
         self.reference = _frozen_copy(self.model)
+        # With an EMA, the EMA is the run's model: what the policy copies, what every evaluation measures.
         self.ema = make_ema(self.model, cfg.ema_decay)
         # torch.compile wraps the modules and shares their parameters: checkpoints and load_state_dict keep
         # working on the plain modules. Off by default: compiling costs about a minute on a CPU.
@@ -225,11 +236,13 @@ class ORWCFMTrainer:
         self.step = 0
         self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
         self.buffer: SampleBuffer | None = None
+        self._scale: tuple[SampleBuffer, RefreshScale] | None = None  # the weight scale of the current buffer
+        self._noted_shift = False  # the one log line saying the loss was rescaled to stay in float range
         self.history: list[dict[str, Any]] = []  # one row per evaluation: epoch 0 is "before"
         self.reward_evaluations = 0
         self.dropped_samples = 0
         self.run_dir = Path(cfg.savedir) / cfg.run_name if cfg.run_name else Path(cfg.savedir)
-        self._reference_cache: tuple[torch.Tensor, float] | None = None  # reference samples on the eval noise
+        self._reference_cache: ReferenceSet | None = None  # reference samples on the eval noise, and the W2 floor
         self._running: dict[str, torch.Tensor] | None = None  # sums of the logged numbers since the last log
         self._running_count = 0
         self._judge: Any = False  # built on first evaluation (False: not yet; None: no judge for this task)
@@ -282,9 +295,20 @@ class ORWCFMTrainer:
             raise UserError("cannot tell the sample shape of this model: pass event_shape=(C, H, W) or (dim,) to ORWCFMTrainer")
         return self.event_shape
 
+    @property
+    def evaluated_weights(self) -> str:
+        """``ema`` when the run keeps an EMA (then the EMA is its model everywhere), else ``raw``."""
+        return "ema" if self.ema is not None else "raw"
+
+    def current_model(self) -> nn.Module:
+        """The run's model: the EMA of the trained weights when there is one, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
     @torch.no_grad()
-    def sample(self, n: int, *, use_ema: bool = False, seed: int | None = None) -> torch.Tensor:
-        """``n`` samples (n, *shape) of the current model (or its EMA), with the configured solver."""
+    def sample(self, n: int, *, use_ema: bool | None = None, seed: int | None = None) -> torch.Tensor:
+        """``n`` samples (n, *shape) of the run's model (the EMA when the run keeps one, unless ``use_ema=False``),
+        with the configured solver."""
+        use_ema = self.ema is not None if use_ema is None else use_ema
         net = self.ema.module if use_ema and self.ema is not None else self.model
         # never the training generator: looking at samples mid-run must not change the run
         gen = torch.Generator().manual_seed(seed) if seed is not None else self._sample_generator
@@ -298,27 +322,31 @@ class ORWCFMTrainer:
         gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
         return torch.randn((self.config.eval_samples, *self._shape()), generator=gen).to(self.device)
 
-    def _reference_eval(self) -> tuple[torch.Tensor, float]:
-        """The reference's samples on the evaluation noise and their median pairwise distance (the Vendi
-        bandwidth), computed once: every evaluation is compared with the same reference set."""
+    def _reference_eval(self) -> ReferenceSet:
+        """The reference's samples on the evaluation noise, their median pairwise distance (the Vendi bandwidth)
+        and the W2 floor (the empirical W2 from them to a second reference set of the same size from independent
+        noise), computed once: every evaluation is compared with the same reference set."""
         if self._reference_cache is None:
-            from ..metrics import median_distance
+            from .evaluate import FLOOR_SEED_OFFSET, reference_set
 
             s = self.config.eval_sampling
-            ref = generate(self.reference, self._eval_noise(), solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000)
-            self._reference_cache = (ref, median_distance(ref))
+            noise = self._eval_noise()
+            gen = torch.Generator().manual_seed(self.config.seed + FLOOR_SEED_OFFSET)
+            floor_noise = torch.randn(noise.shape, generator=gen).to(self.device)
+            self._reference_cache = reference_set(self.reference, noise, floor_noise, solver=s.solver, steps=s.steps,
+                                                  batch_size=s.batch_size or 1000)
         return self._reference_cache
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on the fixed evaluation noise, with distances to the reference."""
         if self._judge is False:
             self._judge = make_judge(self.event_shape, self.reward_fn, self.cache)
-        ref_samples, bandwidth = self._reference_eval()
+        ref = self._reference_eval()
         s = self.config.eval_sampling  # the fixed instrument, whatever sampler the policy uses
-        return evaluate(self.model, self.reward_fn, self._eval_noise(), solver=s.solver, steps=s.steps,
+        return evaluate(self.current_model(), self.reward_fn, self._eval_noise(), solver=s.solver, steps=s.steps,
                         batch_size=s.batch_size or 1000, name=self.reward_name, step=self.step,
-                        reference=self.reference, reference_samples=ref_samples, vendi_bandwidth=bandwidth,
-                        judge=self._judge)
+                        reference=self.reference, reference_samples=ref.samples, vendi_bandwidth=ref.bandwidth,
+                        reference_floor=ref.w2_floor, judge=self._judge)
 
     def _collect(self, n: int) -> SampleBuffer:
         """Draw ``n`` samples from the frozen policy and score them (the only place the reward is called)."""
@@ -345,7 +373,7 @@ class ORWCFMTrainer:
         return SampleBuffer(x1, rewards, self.generator)
 
     def _refresh_policy(self) -> None:
-        self.policy.load_state_dict(self.model.state_dict())
+        self.policy.load_state_dict(self.current_model().state_dict())
 
     # ------------------------------------------------------------------------------------------------------------
     # Training.
@@ -429,6 +457,13 @@ class ORWCFMTrainer:
             self.buffer = self._collect(self.local_buffer or self.local_batch)
         return self.buffer.next(min(self.local_batch, len(self.buffer)))
 
+    def _refresh_scale(self) -> RefreshScale:
+        """log Z and the float-range shift of the current buffer (computed once per buffer, on every rank)."""
+        if self._scale is None or self._scale[0] is not self.buffer:
+            cfg = self.config
+            self._scale = (self.buffer, refresh_scale(self.buffer.rewards, cfg.temperature, cfg.w2_coefficient, self.dist))
+        return self._scale[1]
+
     def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None,
                   log: bool | None = None, stop: StopRequest | None = None) -> None:
         """``n`` gradient steps: refresh when due, minibatch, weights, loss, update (no evaluation, no checkpoint).
@@ -441,19 +476,20 @@ class ORWCFMTrainer:
         cfg = self.config
         log = logger is not None if log is None else log
         if self._running is None:  # kept across calls: a log interval may straddle an epoch's end
-            self._running = {k: torch.zeros((), device=self.device) for k in ("loss", "fm", "w2", "max_weight")}
+            self._running = {k: torch.zeros((), device=self.device) for k in RUNNING_KEYS}
         running = self._running
+        reference = self.reference if cfg.w2_coefficient > 0 else None  # alpha = 0: no reference pass at all
         for _ in range(n):
             if self._stopping(stop):
                 return
             batch = self._next_batch()
-            weights = dist_util.global_weights(batch.rewards, cfg.temperature, self.dist)
+            lw = loss_weights(batch.rewards, cfg.temperature, cfg.w2_coefficient, cfg.weighting,
+                              self._refresh_scale(), self.dist)
             x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
             t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
             with autocast(self.device, cfg.precision):
-                out = orw_cfm_w2_loss(self._train_net, self.reference, batch.x, weights, x0, t, alpha=cfg.w2_coefficient,
-                                      path=self.path, coupling=self.coupling, generator=self.generator,
-                                      keep_weight_mass=self.dist.enabled)
+                out = orw_cfm_w2_loss(self._train_net, reference, batch.x, lw.weights, x0, t, alpha=lw.w2_coefficient,
+                                      path=self.path, coupling=self.coupling, generator=self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
@@ -465,12 +501,22 @@ class ORWCFMTrainer:
             if bar is not None:
                 bar.update(1)
 
-            for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2), ("max_weight", weights.max())):
+            for key, value in (("loss", out.loss.detach()), ("fm", out.fm), ("w2", out.w2),
+                               ("w2_term", lw.w2_coefficient * out.w2), ("max_weight", lw.weights.max()),
+                               ("log_z", lw.log_z), ("alpha_relative", lw.alpha_relative), ("loss_log_scale", -lw.shift)):
                 running[key] += value
             self._running_count += 1
             if log and (self.step % cfg.log_every == 0 or self.step == total):
                 means = dist_util.mean_over_ranks({k: v / self._running_count for k, v in running.items()}, self.dist)
                 row = {k: v.item() for k, v in means.items()}
+                # the share of the loss that is the regulariser: how strong alpha is in practice
+                row["w2_share"] = row["w2_term"] / (row["fm"] + row["w2_term"]) if row["fm"] + row["w2_term"] > 0 else 0.0
+                if row["loss_log_scale"] != 0 and not self._noted_shift and logger is not None:
+                    self._noted_shift = True
+                    logger.note(self.step, f"exp(tau * r) or alpha is outside float range here (largest log-coefficient "
+                                           f"{-row['loss_log_scale']:.1f}): the paper's loss is divided by "
+                                           f"exp({-row['loss_log_scale']:.1f}), which keeps its minimiser; train/loss "
+                                           f"is the rescaled loss (train/loss_log_scale says by how much)")
                 if not math.isfinite(row["loss"]):
                     raise RuntimeError(f"fine-tuning diverged at step {self.step}: loss is {row['loss']}; "
                                        f"try a smaller learning_rate (now {cfg.learning_rate})")
@@ -507,7 +553,8 @@ class ORWCFMTrainer:
             diversity_before=first["diversity"], diversity_after=last["diversity"], wall_seconds=wall_seconds,
             target_fraction_before=first.get("target_fraction"), target_fraction_after=last.get("target_fraction"),
             class_histogram_after=last.get("class_histogram"), dropped_samples=self.dropped_samples,
-            metrics_before=_numbers(first), metrics_after=_numbers(last),
+            metrics_before=_numbers(first), metrics_after=_numbers(last), weighting=self.config.weighting,
+            evaluated_weights=self.evaluated_weights,
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -541,7 +588,7 @@ class ORWCFMTrainer:
             state["ranks"] = ranks
         extra = {"reference": self.reference_identity, "reward": self.reward_name, "history": self.history,
                  "event_shape": list(self._shape()), "steps_per_epoch": self.steps_per_epoch,
-                 "world_size": self.dist.world_size}
+                 "world_size": self.dist.world_size, "evaluated_weights": self.evaluated_weights}
         return ckpt.save_checkpoint(path, model=self.model, spec=self.spec, kind="finetune", step=self.step,
                                     config=to_dict(self.config), ema_model=self.ema.module if self.ema is not None else None,
                                     policy_model=self.policy, train_state=state, extra=extra)

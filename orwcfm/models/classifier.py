@@ -1,7 +1,8 @@
-"""A small CNN classifier for 8x8 digits (a reward model and a feature extractor for Fréchet distances).
+"""Image classifiers for the digits tasks: a small CNN (the reward model and the feature extractor for Fréchet
+distances) and an MLP on the flattened image (the held-out "gold" judge: another family, other blind spots).
 
-Images are in [-1, 1] with -1 the background, shape (B, in_channels, image_size, image_size).
-No torchvision: augmentation (random +-1 pixel shifts) is written out below.
+Images are in [-1, 1] with -1 the background, shape (B, in_channels, image_size, image_size); both work for
+8x8 digits and 28x28 MNIST. No torchvision: augmentation (random +-1 pixel shifts) is written out below.
 """
 
 from __future__ import annotations
@@ -54,6 +55,49 @@ class DigitsClassifier(nn.Module):
         return self.out(self.dropout(self.features(x)))
 
 
+class MLPClassifier(nn.Module):
+    """An MLP on the flattened image: (B, C, S, S) -> logits (B, num_classes), dropout after every hidden layer.
+
+    No convolution, no pooling, no weight sharing: it reads pixels where they are, so its mistakes differ from
+    the CNN's. That is why it is the gold judge: a sample that fools the reward CNN need not fool it.
+    ``features(x)`` returns the last hidden layer's activations (B, hidden) (dropout is applied between hidden
+    layers, so in train mode they are random; use eval mode).
+
+    >>> MLPClassifier()(torch.zeros(2, 1, 8, 8)).shape, MLPClassifier(image_size=28)(torch.zeros(2, 1, 28, 28)).shape
+    (torch.Size([2, 10]), torch.Size([2, 10]))
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, hidden: int = 256,
+                 depth: int = 2, dropout: float = 0.2) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"MLPClassifier needs at least one hidden layer, got depth={depth}")
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.feature_dim = hidden
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels * image_size * image_size
+        for i in range(depth):
+            layers += [nn.Linear(width, hidden), nn.ReLU()] + ([nn.Dropout(dropout)] if i < depth - 1 else [])
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Last hidden layer's activations: (B, C, S, S) -> (B, hidden)."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"MLPClassifier expects x of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.dropout(self.features(x)))
+
+
+# The classifier families the asset cache can rebuild from a recorded ``{"kind": ..., "architecture": {...}}``.
+CLASSIFIER_KINDS: dict[str, type[nn.Module]] = {"cnn": DigitsClassifier, "mlp": MLPClassifier}
+
+
 def random_shift(x: Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> Tensor:
     """Shift each image of ``x`` (B, C, H, W) by its own random offset in [-max_shift, max_shift]^2.
 
@@ -87,7 +131,7 @@ class ClassifierTrainResult:
 
 
 def train_classifier(
-    model: DigitsClassifier,
+    model: nn.Module,
     x: Tensor,
     labels: Tensor,
     *,
