@@ -21,7 +21,7 @@ from common import Clock, fmt_ci, markdown, mean_ci, run_parser
 from orwcfm.sweep import plan_sweep, run_sweep
 
 KEYS = {"alpha": "w2_coefficient", "tau": "temperature"}
-DEFAULTS = {"alpha": [0.0, 0.3, 1.0, 3.0, 10.0], "tau": [2.0, 5.0, 10.0]}
+DEFAULTS = {"alpha": [0.0, 0.1, 1.0, 3.0], "tau": [1.0, 2.0, 4.0]}
 COLUMNS = ("target_fraction", "reward_mean", "gold_target_fraction", "diversity", "vendi", "class_entropy",
            "w2_to_reference", "digits_fd_target")
 

@@ -154,3 +154,32 @@ def test_digits_fd_target_is_the_fd_to_the_target_classes(reward_clf, digits):
     assert on_even["digits_fd_target"] == pytest.approx(0.0, abs=1e-5)  # the even digits *are* the target data
     assert on_even["digits_fd_data"] > 1.0  # ... and only half of all the data
     assert "digits_fd_target" not in make_judge((1, 8, 8), None)(x, None)  # no digit targets, no target FD
+
+
+# ------------------------------------------------------------------------------------- the 28x28 mnist5k digits
+
+
+def test_mnist5k_reward_and_judge_use_the_mnist5k_classifiers_and_digits(monkeypatch):
+    # Training the two 28x28 classifiers takes minutes: record which ones are asked for, and hand back tiny ones.
+    asked = []
+
+    def fake(dataset="digits", role="reward", cache=None, **kw):
+        asked.append((dataset, role))
+        torch.manual_seed(0)
+        size = 28 if dataset == "mnist5k" else 8
+        model = DigitsClassifier(image_size=size, width=4) if role == "reward" else MLPClassifier(image_size=size, hidden=8)
+        return assets.ClassifierInfo(model.eval(), 0.0, None, dataset, role)
+
+    monkeypatch.setattr(assets, "split_classifier", fake)
+    reward = load_reward("digits-even", dataset="mnist5k")
+    assert asked == [("mnist5k", "reward")] and reward.dataset == "mnist5k" and reward.name == "mnist5k-even"
+    judge = make_judge((1, 28, 28), reward)
+    assert ("mnist5k", "reward") in asked[1:] and ("mnist5k", "gold") in asked[1:]
+    real = load_dataset("mnist5k")
+    assert judge.data_features.shape == (len(real.x), 16)  # every real 28x28 digit, in the reward CNN's features
+    out = judge(real.x[:50], None)
+    assert {"digits_fd_data", "digits_fd_target", "gold_target_fraction"} <= set(out)
+    make_judge((1, 8, 8), None)
+    assert asked[-1][0] == "digits"  # the sample shape picks the data set
+    with pytest.raises(Exception, match=r"'dataset' must be one of digits, mnist5k, got 'cifar'"):
+        load_reward("digits-even", dataset="cifar")

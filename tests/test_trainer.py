@@ -205,7 +205,7 @@ def test_sampling_mid_run_does_not_change_the_run(reference, tmp_path):
 
 
 def test_a_reward_of_a_million_with_tau_one_trains_without_overflow(reference, tmp_path):
-    # exp(1e6) overflows any float; the weights are a softmax, so only differences between rewards matter
+    # exp(1e6) overflows any float; the paper's loss is divided by exp(max tau r) per refresh (same minimiser)
     trainer = make(reference, tmp_path, reward_fn=lambda x: 1e6 - (x[:, 0] - 1.0).abs(), temperature=1.0)
     summary = trainer.train(num_epochs=2, steps_per_epoch=10)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -213,6 +213,8 @@ def test_a_reward_of_a_million_with_tau_one_trains_without_overflow(reference, t
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert summary.reward_mean_after > summary.reward_mean_before  # and it still learns toward x = 1
+    assert all(r["train/loss_log_scale"] < -1e5 for r in rows if "train/loss" in r)
+    assert "divided by exp(" in (tmp_path / "run" / "notes.txt").read_text()
 
 
 def test_resume_with_another_reference_is_refused(reference, tmp_path):

@@ -262,16 +262,19 @@ class DigitsJudge:
 
 def make_judge(event_shape: tuple[int, ...] | None, reward_fn: Any = None,
                cache: str | Path | None = None) -> DigitsJudge | None:
-    """A :class:`DigitsJudge` for 8x8 single-channel samples (the digits tasks), else ``None``."""
-    if event_shape is None or tuple(event_shape) != (1, 8, 8):
+    """A :class:`DigitsJudge` for single-channel digit samples: 8x8 (``digits``) or 28x28 (``mnist5k``), with that
+    data set's reward and gold classifiers and real digits; else ``None``."""
+    datasets = {(1, 8, 8): "digits", (1, 28, 28): "mnist5k"}
+    if event_shape is None or tuple(event_shape) not in datasets:
         return None
-    from ..assets import digits_classifier, gold_classifier
+    dataset = datasets[tuple(event_shape)]
+    from ..assets import gold_classifier, split_classifier
     from ..data import load_dataset
 
-    data = load_dataset("digits")
-    return DigitsJudge(digits_classifier(cache).model, gold_classifier(cache).model, data.x,
-                       targets=getattr(reward_fn, "targets", None), log_prob=bool(getattr(reward_fn, "log_prob", False)),
-                       labels=data.labels)
+    data = load_dataset(dataset)
+    return DigitsJudge(split_classifier(dataset, "reward", cache).model, gold_classifier(cache, dataset=dataset).model,
+                       data.x, targets=getattr(reward_fn, "targets", None),
+                       log_prob=bool(getattr(reward_fn, "log_prob", False)), labels=data.labels)
 
 
 @dataclass(frozen=True)

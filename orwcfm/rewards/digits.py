@@ -67,6 +67,7 @@ class DigitsTargetReward:
         self._classifier = copy.deepcopy(classifier).eval().requires_grad_(False)
         self._by_device: dict[torch.device, nn.Module] = {}
         self._mask: dict[torch.device, torch.Tensor] = {}
+        self.dataset = "digits"  # whose classifier this is (set by the registry factories)
 
     def _on(self, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
         if device not in self._by_device:
@@ -106,24 +107,35 @@ class DigitsTargetReward:
                 "class_histogram": histogram.tolist()}
 
 
-def _classifier(cache: str | Path | None) -> nn.Module:
-    from orwcfm.assets import digits_classifier  # imported here: assets pulls in training code
+def _classifier(cache: str | Path | None, dataset: str = "digits") -> nn.Module:
+    from orwcfm.assets import DIGIT_DATASETS, split_classifier  # imported here: assets pulls in training code
 
-    return digits_classifier(cache).model
+    if dataset not in DIGIT_DATASETS:
+        raise UserError(f"digits reward option 'dataset' must be one of {', '.join(DIGIT_DATASETS)}, got {dataset!r}")
+    return split_classifier(dataset, "reward", cache).model
 
 
-def digits_target(targets: Sequence[int] | str = "even", log_prob: bool = False,
+def _reward(targets: Sequence[int] | str, log_prob: bool, dataset: str, cache: str | Path | None) -> DigitsTargetReward:
+    reward = DigitsTargetReward(_classifier(cache, dataset), targets, log_prob=log_prob)
+    reward.dataset = dataset
+    if dataset != "digits":
+        reward.name = f"{dataset}-{reward.name.removeprefix('digits-')}"
+    return reward
+
+
+def digits_target(targets: Sequence[int] | str = "even", log_prob: bool = False, dataset: str = "digits",
                   cache: str | Path | None = None) -> DigitsTargetReward:
-    """Registry factory ``digits-target``: the cached digits classifier with the given ``targets``."""
+    """Registry factory ``digits-target``: the cached reward classifier of ``dataset`` (``digits`` 8x8 or
+    ``mnist5k`` 28x28) with the given ``targets``."""
     parse_targets(targets)  # fail on bad targets before training a classifier
-    return DigitsTargetReward(_classifier(cache), targets, log_prob=log_prob)
+    return _reward(targets, log_prob, dataset, cache)
 
 
-def digits_even(log_prob: bool = False, cache: str | Path | None = None) -> DigitsTargetReward:
-    """Registry factory ``digits-even``: reward for drawing 0, 2, 4, 6 or 8."""
-    return DigitsTargetReward(_classifier(cache), "even", log_prob=log_prob)
+def digits_even(log_prob: bool = False, dataset: str = "digits", cache: str | Path | None = None) -> DigitsTargetReward:
+    """Registry factory ``digits-even``: reward for drawing 0, 2, 4, 6 or 8 (``dataset``: digits or mnist5k)."""
+    return _reward("even", log_prob, dataset, cache)
 
 
-def digits_odd(log_prob: bool = False, cache: str | Path | None = None) -> DigitsTargetReward:
-    """Registry factory ``digits-odd``: reward for drawing 1, 3, 5, 7 or 9."""
-    return DigitsTargetReward(_classifier(cache), "odd", log_prob=log_prob)
+def digits_odd(log_prob: bool = False, dataset: str = "digits", cache: str | Path | None = None) -> DigitsTargetReward:
+    """Registry factory ``digits-odd``: reward for drawing 1, 3, 5, 7 or 9 (``dataset``: digits or mnist5k)."""
+    return _reward("odd", log_prob, dataset, cache)
