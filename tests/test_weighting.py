@@ -229,6 +229,15 @@ def test_all_weights_underflowed_leaves_only_the_w2_term_under_resampling():
 # The whole trainer: the alpha > 0 fixed point against its closed form, the logs, and the bad inputs.
 
 
+@pytest.fixture
+def one_thread():
+    """A one-parameter model: one torch thread is fastest; restored after, so later tests run as configured."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fixed_point(mu: float, tau: float, alpha: float, weighting: str) -> float:
     """The fixed point b* of fitted epochs for v = b, reference b = mu, r(x) = x, x1 ~ N(b, 1).
 
@@ -243,10 +252,9 @@ def fixed_point(mu: float, tau: float, alpha: float, weighting: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["paper", "buffer-normalized"])
-def test_trainer_reaches_the_closed_form_alpha_fixed_point(weighting, tmp_path):
+def test_trainer_reaches_the_closed_form_alpha_fixed_point(weighting, tmp_path, one_thread):
     from orwcfm import ORWCFMTrainer
 
-    torch.set_num_threads(1)
     mu, tau, alpha = 0.0, 0.5, 1.0
     expected = fixed_point(mu, tau, alpha, weighting)
     assert expected == pytest.approx({"paper": 0.8798, "buffer-normalized": 0.5}[weighting], abs=1e-3)
