@@ -336,7 +336,7 @@ def test_available_rewards_and_options():
         "clip", "digits-even", "digits-odd", "digits-target", "distance", "jpeg-compressibility",
         "jpeg-incompressibility", "linear", "region",
     ])
-    assert reward_options("digits-target") == {"targets": "even", "log_prob": False}
+    assert reward_options("digits-target") == {"targets": "even", "log_prob": False, "dataset": "digits"}
     assert "cache" not in reward_options("digits-even")
 
 
