@@ -60,7 +60,8 @@ def main() -> None:
     cells = plan_sweep("digits-even", grid, out, args.overrides)
     result = run_sweep(cells, out, grid=grid, config="digits-even", overrides=args.overrides, cache=args.cache, progress=False)
 
-    by_value = {v: [r for r in result.rows if r[key] == v] for v in values}
+    by_value = {v: [r for r in result.rows if float(r[key]) == float(v)] for v in values}
+    by_value = {v: rows for v, rows in by_value.items() if rows}  # values whose cells have not run yet are left out
     cols = [c for c in COLUMNS if all(c in r for r in result.rows)]
     print(f"\n{args.which} sweep ({key} = {values}, seeds {args.seeds}); mean ± 95 % t-interval over seeds; reference: "
           f"target fraction {result.reference['target_fraction']:.3f}, diversity {result.reference['diversity']:.3f}, "
