@@ -121,10 +121,10 @@ def orw_cfm_w2_loss(
         raise ValueError(f"weights must have shape ({x1.shape[0]},) to match x1 {tuple(x1.shape)}, got {tuple(weights.shape)}")
     if reference is None and isinstance(alpha, (int, float)) and alpha > 0:
         raise ValueError("alpha > 0 needs a reference model")
-    fm_x1, fm_w, mass = x1, weights, None
+    fm_x1, mass = x1, None  # mass: set when the weights were applied by resampling (unit weights after)
     if resample if resample is not None else coupling is not independent_coupling:
         mass = weights.mean()  # E[mass * mean_j fm(resampled_j)] = mean_i w_i fm_i
-        fm_x1, fm_w = x1[systematic_resample(weights, generator)], None
+        fm_x1 = x1[systematic_resample(weights, generator)]
     pair = coupling(x0, fm_x1)
     target = path.sample(pair.x0, pair.x1, t)
     # The W2 term's interpolants: the policy's samples as drawn, independently paired. They are the FM term's own
@@ -138,7 +138,7 @@ def orw_cfm_w2_loss(
         v = _at_least_fp32(model(t, target.x_t))
         v_w2, x_w2 = v, target.x_t
     fm = _per_sample_sq(v - target.u_t)
-    fm = fm * fm_w[pair.index] if fm_w is not None else fm  # the weight travels with its sample (the published code forgot this)
+    fm = fm * weights[pair.index] if mass is None else fm  # the weight travels with its sample (the published code forgot this)
     fm_mean = fm.mean() if mass is None else mass * fm.mean()
     if reference is not None:
         # The reference is frozen: no graph, no saved activations. Its output is a constant target for v.
