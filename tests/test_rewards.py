@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import sys
 
 import numpy as np
@@ -20,6 +21,7 @@ from orwcfm.rewards import (
     LinearReward,
     RegionReward,
     RewardError,
+    ShiftedJpegReward,
     available_rewards,
     call_reward,
     jpeg_compressibility,
@@ -141,6 +143,23 @@ def test_jpeg_rewards(channels):
     torch.testing.assert_close(jpeg_incompressibility(x), -compress)
     assert load_reward("jpeg-compressibility") is jpeg_compressibility
     assert load_reward("jpeg-incompressibility") is jpeg_incompressibility
+
+
+def test_jpeg_baseline_shifts_the_reward_and_only_rescales_the_paper_weights():
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    kb = torch.tensor([_independent_jpeg_kb(x[i]) for i in range(3)])
+    shifted = load_reward("jpeg-compressibility", baseline_kb=0.8)
+    assert isinstance(shifted, ShiftedJpegReward) and reward_name(shifted) == "jpeg-compressibility"
+    torch.testing.assert_close(shifted(x), 0.8 - kb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(load_reward("jpeg-incompressibility", baseline_kb=0.8)(x), kb - 0.8, atol=1e-6, rtol=0)
+    # the documented equivalence: exp(tau (r + c)) = exp(tau c) exp(tau r), so the weights' ratios are unchanged
+    tau = 50.0
+    w_plain, w_shift = torch.exp(tau * jpeg_compressibility(x).double()), torch.exp(tau * shifted(x).double())
+    torch.testing.assert_close(w_shift / w_plain, torch.full((3,), math.exp(tau * 0.8), dtype=torch.float64), rtol=1e-4, atol=0)
+    assert load_reward("jpeg-compressibility", baseline_kb=0.0) is jpeg_compressibility
+    for bad in (float("nan"), "0.8", True):
+        with pytest.raises(ValueError, match=r"baseline_kb must be a finite number of kilobytes, got " + re.escape(repr(bad))):
+            load_reward("jpeg-compressibility", baseline_kb=bad)
 
 
 def test_jpeg_clamps_out_of_range_pixels():
@@ -368,7 +387,7 @@ def test_loader_errors(user_module, tmp_path):
     with pytest.raises(UserError, match=r"unknown option 'log_prb' for reward 'digits-even' \(did you mean 'log_prob'\?\); "
                                         r"accepted options: log_prob"):
         load_reward("digits-even", log_prb=True)
-    with pytest.raises(UserError, match="reward 'jpeg-compressibility'.*it takes no options"):
+    with pytest.raises(UserError, match=r"unknown option 'quality' for reward 'jpeg-compressibility'; accepted options: baseline_kb$"):
         load_reward("jpeg-compressibility", quality=80)
     with pytest.raises(UserError, match=r"reward 'distance' needs option 'point'"):
         load_reward("distance")

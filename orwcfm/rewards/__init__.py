@@ -30,7 +30,7 @@ from orwcfm.errors import UserError, did_you_mean, unknown_name_error
 from orwcfm.rewards.base import Reward, RewardBatch, RewardError, call_reward, reward_name
 from orwcfm.rewards.clip import ClipReward, clip
 from orwcfm.rewards.digits import DigitsTargetReward, digits_even, digits_odd, digits_target
-from orwcfm.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
+from orwcfm.rewards.jpeg import ShiftedJpegReward, jpeg_compressibility, jpeg_incompressibility
 from orwcfm.rewards.toy import DistanceReward, LinearReward, RegionReward
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "Reward",
     "RewardBatch",
     "RewardError",
+    "ShiftedJpegReward",
     "available_rewards",
     "call_reward",
     "jpeg_compressibility",
@@ -52,12 +53,14 @@ __all__ = [
 ]
 
 
-def _jpeg_compressibility() -> Reward:
-    return jpeg_compressibility
+def _jpeg_compressibility(baseline_kb: float = 0.0) -> Reward:
+    """``-kB`` (``baseline_kb - kB`` with a baseline: see :class:`ShiftedJpegReward` for why)."""
+    return jpeg_compressibility if baseline_kb == 0 else ShiftedJpegReward(compress=True, baseline_kb=baseline_kb)
 
 
-def _jpeg_incompressibility() -> Reward:
-    return jpeg_incompressibility
+def _jpeg_incompressibility(baseline_kb: float = 0.0) -> Reward:
+    """``kB`` (``kB - baseline_kb`` with a baseline)."""
+    return jpeg_incompressibility if baseline_kb == 0 else ShiftedJpegReward(compress=False, baseline_kb=baseline_kb)
 
 
 # name -> factory(**options[, cache]); a factory with a ``cache`` parameter builds cached assets there.

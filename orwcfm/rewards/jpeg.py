@@ -59,3 +59,34 @@ def jpeg_incompressibility(x: torch.Tensor) -> torch.Tensor:
 
 jpeg_compressibility.name = "jpeg-compressibility"  # type: ignore[attr-defined]
 jpeg_incompressibility.name = "jpeg-incompressibility"  # type: ignore[attr-defined]
+
+
+class ShiftedJpegReward:
+    """A JPEG reward measured from a baseline size: compressibility ``baseline_kb - kB``, incompressibility
+    ``kB - baseline_kb``. (B, C, H, W) -> (B,).
+
+    Why a baseline: the paper's weights ``exp(tau r)`` are not invariant to a constant added to r. Adding c to the
+    reward multiplies every weight by ``exp(tau c)``, which is the same as dividing the W2 coefficient alpha by
+    ``exp(tau c)``. With r = -kB and the tau that JPEG sizes need (tens per kB), ``Z = mean(exp(tau r))`` is about
+    e^-40 and the paper's alpha loses its meaning; measured from a size typical of the reference (its mean), r is
+    near 0, Z near 1, and alpha has the paper's scale. The gradient-free fine-tuning is otherwise the same.
+
+    >>> r = ShiftedJpegReward(compress=True, baseline_kb=0.5)
+    >>> x = torch.zeros(1, 1, 8, 8)
+    >>> float(r(x)) == 0.5 + float(jpeg_compressibility(x))
+    True
+    """
+
+    def __init__(self, compress: bool, baseline_kb: float) -> None:
+        if not isinstance(baseline_kb, (int, float)) or isinstance(baseline_kb, bool) or not np.isfinite(baseline_kb):
+            raise ValueError(f"baseline_kb must be a finite number of kilobytes, got {baseline_kb!r}")
+        self.compress = compress
+        self.baseline_kb = float(baseline_kb)
+        self.name = "jpeg-compressibility" if compress else "jpeg-incompressibility"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = jpeg_sizes(x)
+        return self.baseline_kb - sizes if self.compress else sizes - self.baseline_kb
+
+    def __repr__(self) -> str:
+        return f"ShiftedJpegReward(compress={self.compress}, baseline_kb={self.baseline_kb})"
