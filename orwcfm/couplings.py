@@ -36,30 +36,51 @@ class Pairing:
     index: torch.Tensor
 
 
-def _check(x0: torch.Tensor, x1: torch.Tensor) -> None:
+def _check(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor | None = None) -> None:
     if x0.shape != x1.shape:
         raise ValueError(f"coupling needs x0 and x1 of the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if groups is not None and tuple(groups.shape) != (x1.shape[0],):
+        raise ValueError(f"coupling needs one group id per sample, shape ({x1.shape[0]},), got {tuple(groups.shape)}")
 
 
-def independent_coupling(x0: torch.Tensor, x1: torch.Tensor) -> Pairing:
-    """Pair ``x0[i]`` with ``x1[i]`` (both are already independent draws); the identity permutation."""
-    _check(x0, x1)
-    return Pairing(x0=x0, x1=x1, index=torch.arange(x1.shape[0], device=x1.device))
-
-
-def ot_coupling(x0: torch.Tensor, x1: torch.Tensor) -> Pairing:
-    """Pair by the exact minibatch OT plan for squared Euclidean cost (a permutation of ``x1``).
-
-    >>> x0 = torch.tensor([[0.0], [10.0]]); x1 = torch.tensor([[9.0], [1.0]])
-    >>> ot_coupling(x0, x1).index.tolist()
-    [1, 0]
-    """
-    _check(x0, x1)
+def _assignment(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: the data row paired with each noise row by the exact OT plan (squared Euclidean cost)."""
     with torch.no_grad():
         cost = torch.cdist(x0.reshape(len(x0), -1).double(), x1.reshape(len(x1), -1).double()).pow(2)
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     # rows come back sorted 0..B-1, so cols[i] is the data row paired with noise row i.
-    index = torch.as_tensor(cols, dtype=torch.long, device=x1.device)
+    return torch.as_tensor(cols, dtype=torch.long, device=x1.device)
+
+
+def independent_coupling(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor | None = None) -> Pairing:
+    """Pair ``x0[i]`` with ``x1[i]`` (both are already independent draws); the identity permutation.
+
+    ``groups`` is accepted for a uniform signature: the identity never pairs across groups."""
+    _check(x0, x1, groups)
+    return Pairing(x0=x0, x1=x1, index=torch.arange(x1.shape[0], device=x1.device))
+
+
+def ot_coupling(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor | None = None) -> Pairing:
+    """Pair by the exact minibatch OT plan for squared Euclidean cost (a permutation of ``x1``).
+
+    With ``groups`` ((B,) int64, e.g. the conditions' ``group_ids()``), data row j is only paired with a noise row
+    whose own sample had the same group: the plan is the exact OT plan within each group. (Noise carries no
+    condition of its own; row i's condition is that of the sample it was drawn beside, ``groups[i]``.)
+
+    >>> x0 = torch.tensor([[0.0], [10.0]]); x1 = torch.tensor([[9.0], [1.0]])
+    >>> ot_coupling(x0, x1).index.tolist()
+    [1, 0]
+    >>> ot_coupling(x0, x1, groups=torch.tensor([0, 1])).index.tolist()  # each group of one: nothing to re-pair
+    [0, 1]
+    """
+    _check(x0, x1, groups)
+    if groups is None:
+        index = _assignment(x0, x1)
+    else:
+        index = torch.empty(len(x1), dtype=torch.long, device=x1.device)
+        for g in torch.unique(groups):
+            members = torch.nonzero(groups == g).flatten().to(x1.device)
+            index[members] = members[_assignment(x0[members], x1[members])]
     return Pairing(x0=x0, x1=x1[index], index=index)
 
 

@@ -50,3 +50,33 @@ def test_coupling_errors():
         get_coupling("exact")
     with pytest.raises(ValueError, match="same shape"):
         ot_coupling(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def brute_force_grouped_cost(x0, x1, groups):
+    """Cheapest permutation that maps every row to a row of its own group (all permutations, filtered)."""
+    n = len(x0)
+    return min(sum(((x0[i] - x1[p[i]]) ** 2).sum().item() for i in range(n))
+               for p in itertools.permutations(range(n)) if all(groups[p[i]] == groups[i] for i in range(n)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ot_within_groups_never_crosses_a_group_and_is_optimal_within_each(seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.randn(7, 3, generator=g), torch.randn(7, 3, generator=g)
+    groups = torch.tensor([2, 0, 2, 1, 0, 2, 0])
+    pair = ot_coupling(x0, x1, groups=groups)
+    assert sorted(pair.index.tolist()) == list(range(7))
+    assert torch.equal(groups[pair.index], groups)  # each noise row keeps a data row of its own condition
+    torch.testing.assert_close(pair.x1, x1[pair.index])
+    cost = ((pair.x0 - pair.x1) ** 2).sum().item()
+    assert cost == pytest.approx(brute_force_grouped_cost(x0, x1, groups.tolist()), rel=1e-6)
+    # a constraint can only cost: the unconstrained plan is cheaper or equal
+    assert ((x0 - ot_coupling(x0, x1).x1) ** 2).sum().item() <= cost + 1e-9
+
+
+def test_grouped_coupling_rejects_group_ids_of_the_wrong_length():
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"one group id per sample, shape \(4,\), got \(3,\)"):
+        ot_coupling(x, x, groups=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"one group id per sample, shape \(4,\), got \(3,\)"):
+        independent_coupling(x, x, groups=torch.tensor([0, 1, 0]))

@@ -1,0 +1,105 @@
+"""Conditions: what a sample was generated *for* (a class label, a prompt), carried beside it.
+
+A condition belongs to its sample the way a reward weight does: every reordering of a batch (a buffer shuffle,
+weighted resampling, an OT pairing, a distributed slice) must apply the same index to the conditions, or the
+model learns to draw a "3" for the prompt "a handwritten 7". So a condition type has one job besides holding
+values: ``index(idx)`` returns the conditions of the reordered batch. Unconditional runs pass ``None``
+everywhere; the helpers here accept ``None`` so that the loop reads the same with and without conditions.
+
+``group_ids()`` names which samples share a condition (a (B,) int64 tensor): OT pairing pairs only within a
+group (pairing a "3" with the noise of a "7" would teach the conditional field the wrong path), and group-relative
+weightings normalise within it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .errors import UserError
+
+
+@runtime_checkable
+class Cond(Protocol):
+    """The conditions of a batch of B samples."""
+
+    def __len__(self) -> int: ...
+
+    def index(self, idx: torch.Tensor) -> Cond:
+        """The conditions of ``batch[idx]`` (idx: (B',) int64; repeats allowed, as resampling makes them)."""
+        ...
+
+    def group_ids(self) -> torch.Tensor:
+        """(B,) int64: equal ids for equal conditions."""
+        ...
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Class conditions, e.g. the ten prompts "a handwritten 0" .. "a handwritten 9" as labels 0..9.
+
+    Attributes:
+        values: (B,) int64 class indices in [0, num_classes).
+        num_classes: the number of classes the model was built for.
+    """
+
+    values: torch.Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
+            raise UserError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if not isinstance(self.values, torch.Tensor) or self.values.dim() != 1:
+            got = tuple(self.values.shape) if isinstance(self.values, torch.Tensor) else type(self.values).__name__
+            raise UserError(f"class labels must be a 1-D tensor of shape (B,), got {got}")
+        if self.values.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+            raise UserError(f"class labels must be integers, got dtype {self.values.dtype}")
+        if len(self.values) and (int(self.values.min()) < 0 or int(self.values.max()) >= self.num_classes):
+            bad = self.values[(self.values < 0) | (self.values >= self.num_classes)][0]
+            raise UserError(f"class label {int(bad)} is outside [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def index(self, idx: torch.Tensor) -> Labels:
+        return Labels(self.values[idx.to(self.values.device)], self.num_classes)
+
+    def group_ids(self) -> torch.Tensor:
+        return self.values.long()
+
+    def to(self, device: torch.device | str) -> Labels:
+        return Labels(self.values.to(device), self.num_classes)
+
+    @staticmethod
+    def cat(parts: Sequence[Labels]) -> Labels:
+        """Concatenate the labels of several batches (all built for the same number of classes)."""
+        sizes = {p.num_classes for p in parts}
+        if len(sizes) != 1:
+            raise UserError(f"cannot concatenate labels built for different numbers of classes: {sorted(sizes)}")
+        return Labels(torch.cat([p.values for p in parts]), parts[0].num_classes)
+
+    @staticmethod
+    def repeat_each(num_classes: int, per_class: int, device: torch.device | str = "cpu") -> Labels:
+        """``per_class`` samples of every class, grouped: 0, 0, .., 1, 1, .. ((num_classes * per_class,))."""
+        if per_class < 1:
+            raise UserError(f"samples per class must be at least 1, got {per_class}")
+        return Labels(torch.arange(num_classes, device=device).repeat_interleave(per_class), num_classes)
+
+
+def index_cond(cond: Cond | None, idx: torch.Tensor) -> Cond | None:
+    """``cond.index(idx)``, or None for an unconditional batch."""
+    return None if cond is None else cond.index(idx)
+
+
+def check_cond(cond: Cond | None, batch: int, what: str = "samples") -> None:
+    """Raise a one-line error unless ``cond`` is None or a condition of exactly ``batch`` samples."""
+    if cond is None:
+        return
+    if not isinstance(cond, Cond):
+        raise UserError(f"conditions must provide __len__, index(idx) and group_ids() (e.g. orwcfm.conditions.Labels), "
+                        f"got {type(cond).__name__}")
+    if len(cond) != batch:
+        raise UserError(f"got {len(cond)} conditions for {batch} {what}: one condition per sample expected")
