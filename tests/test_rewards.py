@@ -428,3 +428,18 @@ def test_two_user_files_with_the_same_name_do_not_collide(tmp_path):
     x = torch.ones(1, 2)
     assert load_reward(f"{tmp_path / 'a' / 'rewards.py'}:r")(x).item() == 2.0
     assert load_reward(f"{tmp_path / 'b' / 'rewards.py'}:r")(x).item() == -2.0
+
+
+def test_conditional_rewards_get_the_conditions_and_one_argument_rewards_keep_working():
+    from orwcfm.conditions import Labels
+
+    x = torch.arange(8.0).reshape(4, 2)
+    labels = Labels(torch.tensor([1, 0, 1, 0]), num_classes=2)
+    picked = call_reward(lambda x, cond: x[torch.arange(len(x)), cond.values], x, name="pick", step=0, cond=labels)
+    torch.testing.assert_close(picked.values, torch.tensor([1.0, 2.0, 5.0, 6.0]))
+    plain = call_reward(lambda x: x.sum(1), x, name="sum", step=0, cond=labels)  # ignores the conditions
+    torch.testing.assert_close(plain.values, torch.tensor([1.0, 5.0, 9.0, 13.0]))
+    with pytest.raises(RewardError, match=r"reward 'short' at step 3 returned shape \(3,\); expected shape \(4,\)"):
+        call_reward(lambda x, cond: x[:3, 0], x, name="short", step=3, cond=labels)
+    with pytest.raises(ValueError, match=r"call_reward got 3 conditions for 4 samples"):
+        call_reward(lambda x, cond: x[:, 0], x, name="r", step=0, cond=Labels(torch.tensor([0, 1, 0]), 2))

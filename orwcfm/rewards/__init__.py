@@ -27,7 +27,7 @@ from typing import Any
 import torch  # noqa: F401 - used by the doctest above
 
 from orwcfm.errors import UserError, did_you_mean, unknown_name_error
-from orwcfm.rewards.base import Reward, RewardBatch, RewardError, call_reward, reward_name
+from orwcfm.rewards.base import Reward, RewardBatch, RewardError, call_reward, reward_name, takes_condition
 from orwcfm.rewards.clip import ClipReward, clip
 from orwcfm.rewards.digits import DigitsTargetReward, digits_even, digits_odd, digits_target
 from orwcfm.rewards.jpeg import ShiftedJpegReward, jpeg_compressibility, jpeg_incompressibility
@@ -49,6 +49,7 @@ __all__ = [
     "jpeg_incompressibility",
     "load_reward",
     "reward_name",
+    "takes_condition",
     "reward_options",
 ]
 

@@ -1,7 +1,9 @@
 """The reward protocol and the one place where a reward's output is checked.
 
 A reward is a black box: any callable mapping a batch of samples ``x`` of shape (B, *event_shape) (images in
-[-1, 1], channels first) to a float tensor of shape (B,). No gradient is ever taken through it. A reward object
+[-1, 1], channels first) to a float tensor of shape (B,). No gradient is ever taken through it. On a conditional
+task a reward may take the conditions too, ``reward(x, cond)`` (e.g. the classifier's log-probability of the
+prompted digit); a one-argument reward is called with ``x`` alone there, so the old rewards keep working. A reward object
 may also have ``metrics(x) -> dict[str, float | list[float]]`` with task metrics; the trainer logs them.
 
 Rewards come from user code, so :func:`call_reward` checks what they return instead of trusting it: a wrong
@@ -11,6 +13,7 @@ shape or a NaN would otherwise silently corrupt the weights ``B * softmax(tau * 
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +33,20 @@ class Reward(Protocol):
     """``reward(x)``: samples (B, *event_shape) -> rewards (B,), higher is better."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def takes_condition(fn: Any) -> bool:
+    """Whether ``fn`` accepts a second positional argument (the conditions): ``fn(x, cond)``.
+
+    >>> takes_condition(lambda x: x), takes_condition(lambda x, cond: x), takes_condition(lambda x, cond=None: x)
+    (False, True, True)
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: call it the old way
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 class RewardError(UserError):
@@ -87,8 +104,10 @@ def _as_tensor(out: Any, *, where: str, batch: int) -> torch.Tensor:
     raise RewardError(f"{where} returned a {type(out).__name__}; expected a float tensor of shape ({batch},)")
 
 
-def call_reward(fn: Reward, x: torch.Tensor, *, name: str, step: int, on_bad: str = "stop") -> RewardBatch:
-    """Evaluate ``fn(x)`` under ``torch.no_grad()`` and check the result.
+def call_reward(fn: Reward, x: torch.Tensor, *, name: str, step: int, on_bad: str = "stop",
+                cond: Any = None) -> RewardBatch:
+    """Evaluate ``fn(x)`` (``fn(x, cond)`` when conditions are given and ``fn`` takes them) under
+    ``torch.no_grad()`` and check the result.
 
     Accepted: a tensor, numpy array or list of shape (B,) with B = ``x.shape[0]``; floating values are cast
     to float32, integer and bool values (a 0/1 indicator is a fine reward) are converted to float32, and the
@@ -111,9 +130,12 @@ def call_reward(fn: Reward, x: torch.Tensor, *, name: str, step: int, on_bad: st
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}".rstrip())
     batch = x.shape[0]
     where = f"reward '{name}' at step {step}"
+    if cond is not None and len(cond) != batch:
+        raise ValueError(f"call_reward got {len(cond)} conditions for {batch} samples")
+    args = (x, cond) if cond is not None and takes_condition(fn) else (x,)
     try:
         with torch.no_grad():
-            out = fn(x)
+            out = fn(*args)
     except Exception as err:  # noqa: BLE001 - a user reward may raise anything; report it as one line
         raise RewardError(f"reward '{name}' raised {type(err).__name__}: {_one_line(err)} at step {step}") from err
 
