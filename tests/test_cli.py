@@ -60,8 +60,9 @@ def test_user_mistakes_are_one_line(tmp_path, capsys, argv, message):
     assert "\n" not in err and "Traceback" not in err
 
 
-def test_console_entry_point_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "orwcfm.cli", "pretrain", "--data", "cifar100", "--out", str(tmp_path)],
+@pytest.mark.parametrize("module", ["orwcfm.cli", "orwcfm"])  # python -m orwcfm works like the orwcfm command
+def test_console_entry_point_has_no_traceback(tmp_path, module):
+    proc = subprocess.run([sys.executable, "-m", module, "pretrain", "--data", "cifar100", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown data set 'cifar100' (did you mean 'cifar10'?)" in proc.stderr
