@@ -36,6 +36,11 @@ class Cond(Protocol):
         """(B,) int64: equal ids for equal conditions."""
         ...
 
+    def null(self) -> Cond:
+        """The same batch with every condition replaced by the null ("no condition") one: what classifier-free
+        guidance's unconditional pass sees, and what condition dropout trains."""
+        ...
+
 
 @dataclass(frozen=True)
 class Labels:
@@ -44,10 +49,13 @@ class Labels:
     Attributes:
         values: (B,) int64 class indices in [0, num_classes).
         num_classes: the number of classes the model was built for.
+        dropped: (B,) bool, True where the condition is withheld (the null label: classifier-free guidance's
+            unconditional pass, condition dropout in pretraining); None means none is withheld.
     """
 
     values: torch.Tensor
     num_classes: int
+    dropped: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
@@ -60,18 +68,37 @@ class Labels:
         if len(self.values) and (int(self.values.min()) < 0 or int(self.values.max()) >= self.num_classes):
             bad = self.values[(self.values < 0) | (self.values >= self.num_classes)][0]
             raise UserError(f"class label {int(bad)} is outside [0, {self.num_classes})")
+        if self.dropped is not None and (self.dropped.dtype != torch.bool or tuple(self.dropped.shape) != (len(self.values),)):
+            raise UserError(f"the dropped mask of class labels must be a bool tensor of shape ({len(self.values)},), "
+                            f"got {self.dropped.dtype} {tuple(self.dropped.shape)}")
 
     def __len__(self) -> int:
         return len(self.values)
 
     def index(self, idx: torch.Tensor) -> Labels:
-        return Labels(self.values[idx.to(self.values.device)], self.num_classes)
+        idx = idx.to(self.values.device)
+        return Labels(self.values[idx], self.num_classes, None if self.dropped is None else self.dropped[idx])
 
     def group_ids(self) -> torch.Tensor:
         return self.values.long()
 
+    def null(self) -> Labels:
+        return Labels(self.values, self.num_classes, torch.ones(len(self.values), dtype=torch.bool, device=self.values.device))
+
+    def drop(self, mask: torch.Tensor) -> Labels:
+        """Withhold the conditions where ``mask`` ((B,) bool) is True, in addition to those already withheld."""
+        dropped = mask if self.dropped is None else self.dropped | mask
+        return Labels(self.values, self.num_classes, dropped)
+
+    def embedding_index(self) -> torch.Tensor:
+        """(B,) int64 rows of a label embedding with ``num_classes + 1`` rows: the label, or ``num_classes`` (the
+        null row) where the condition is withheld."""
+        if self.dropped is None:
+            return self.values.long()
+        return torch.where(self.dropped, torch.full_like(self.values, self.num_classes), self.values).long()
+
     def to(self, device: torch.device | str) -> Labels:
-        return Labels(self.values.to(device), self.num_classes)
+        return Labels(self.values.to(device), self.num_classes, None if self.dropped is None else self.dropped.to(device))
 
     @staticmethod
     def cat(parts: Sequence[Labels]) -> Labels:
@@ -79,7 +106,11 @@ class Labels:
         sizes = {p.num_classes for p in parts}
         if len(sizes) != 1:
             raise UserError(f"cannot concatenate labels built for different numbers of classes: {sorted(sizes)}")
-        return Labels(torch.cat([p.values for p in parts]), parts[0].num_classes)
+        dropped = None
+        if any(p.dropped is not None for p in parts):
+            dropped = torch.cat([p.dropped if p.dropped is not None else torch.zeros(len(p), dtype=torch.bool,
+                                                                                       device=p.values.device) for p in parts])
+        return Labels(torch.cat([p.values for p in parts]), parts[0].num_classes, dropped)
 
     @staticmethod
     def repeat_each(num_classes: int, per_class: int, device: torch.device | str = "cpu") -> Labels:
@@ -94,12 +125,17 @@ def index_cond(cond: Cond | None, idx: torch.Tensor) -> Cond | None:
     return None if cond is None else cond.index(idx)
 
 
+def chunk_cond(cond: Cond | None, start: int, stop: int) -> Cond | None:
+    """The conditions of samples ``start:stop`` (chunked sampling, distributed slices)."""
+    return None if cond is None else cond.index(torch.arange(start, min(stop, len(cond))))
+
+
 def check_cond(cond: Cond | None, batch: int, what: str = "samples") -> None:
     """Raise a one-line error unless ``cond`` is None or a condition of exactly ``batch`` samples."""
     if cond is None:
         return
     if not isinstance(cond, Cond):
-        raise UserError(f"conditions must provide __len__, index(idx) and group_ids() (e.g. orwcfm.conditions.Labels), "
+        raise UserError(f"conditions must provide __len__, index(idx), group_ids() and null() (e.g. orwcfm.conditions.Labels), "
                         f"got {type(cond).__name__}")
     if len(cond) != batch:
         raise UserError(f"got {len(cond)} conditions for {batch} {what}: one condition per sample expected")

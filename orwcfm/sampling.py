@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .conditions import Cond, check_cond, chunk_cond
 from .errors import UserError, unknown_name_error
+from .models.base import call_field
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -83,8 +85,9 @@ def integrate(
     return_trajectory: bool = False,
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    cond: Cond | None = None,
 ) -> ODEResult:
-    """Integrate dx/dt = model(t, x) from t = 0 to t = 1 starting at ``x0``.
+    """Integrate dx/dt = model(t, x) (``model(t, x, cond)`` for a conditional field) from t = 0 to t = 1 from ``x0``.
 
     Args:
         model: velocity field called as ``model(t, x)`` with ``t`` of shape (B,) and ``x`` of shape (B, *shape).
@@ -95,16 +98,18 @@ def integrate(
         enable_grad: let gradients flow through the integration (to ``x0`` and the model's parameters).
         return_trajectory: also return the states at every grid time.
         atol, rtol: tolerances of the adaptive solver.
+        cond: the conditions of the B samples, or None for an unconditional field.
     """
     check_solver(solver, steps)
     batch = x0.shape[0]
+    check_cond(cond, batch)
     times = torch.linspace(0.0, 1.0, steps + 1, device=x0.device, dtype=x0.dtype)
     nfe = 0
 
     def f(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         nonlocal nfe
         nfe += 1
-        return model(t.expand(batch), x)
+        return call_field(model, t.expand(batch), x, cond)
 
     with torch.set_grad_enabled(enable_grad):
         if solver == "dopri5":
@@ -144,6 +149,7 @@ def generate(
     steps: int = 100,
     batch_size: int | None = None,
     precision: str = "fp32",
+    cond: Cond | None = None,
 ) -> torch.Tensor:
     """Integrate ``model`` from ``noise`` (N, *shape) to t = 1 without gradients, ``batch_size`` samples at a time.
 
@@ -153,8 +159,10 @@ def generate(
     Returns (N, *shape).
     """
     chunk = batch_size or len(noise)
+    check_cond(cond, len(noise))
     with autocast(noise.device, precision):
-        parts = [integrate(model, noise[i : i + chunk], solver=solver, steps=steps).samples for i in range(0, len(noise), chunk)]
+        parts = [integrate(model, noise[i : i + chunk], solver=solver, steps=steps, cond=chunk_cond(cond, i, i + chunk)).samples
+                 for i in range(0, len(noise), chunk)]
     return torch.cat(parts).to(noise.dtype)
 
 
@@ -169,17 +177,20 @@ def sample(
     steps: int = 100,
     batch_size: int | None = None,
     enable_grad: bool = False,
+    cond: Cond | None = None,
 ) -> torch.Tensor:
-    """Draw ``n`` samples: x0 ~ N(0, I) of shape (n, *shape), integrated to t = 1.
+    """Draw ``n`` samples: x0 ~ N(0, I) of shape (n, *shape), integrated to t = 1 (under conditions ``cond``, one
+    per sample, for a conditional field).
 
     Noise is drawn on the CPU from ``generator`` (so a seed gives the same samples on every device) and the
     integration runs in chunks of ``batch_size`` to bound memory. Returns (n, *shape).
     """
     if n <= 0:
         raise UserError(f"number of samples must be positive, got {n}")
+    check_cond(cond, n)
     x0 = torch.randn((n, *shape), generator=generator).to(device)
     if not enable_grad:
-        return generate(model, x0, solver=solver, steps=steps, batch_size=batch_size)
+        return generate(model, x0, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
     chunk = batch_size or n
-    return torch.cat([integrate(model, x0[i : i + chunk], solver=solver, steps=steps, enable_grad=True).samples
-                      for i in range(0, n, chunk)])
+    return torch.cat([integrate(model, x0[i : i + chunk], solver=solver, steps=steps, enable_grad=True,
+                                cond=chunk_cond(cond, i, i + chunk)).samples for i in range(0, n, chunk)])

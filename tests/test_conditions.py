@@ -59,5 +59,17 @@ def test_check_cond_names_the_length_and_the_type():
     check_cond(Labels(torch.zeros(4, dtype=torch.long), 2), 4)
     with pytest.raises(UserError, match=r"got 3 conditions for 4 samples: one condition per sample expected"):
         check_cond(Labels(torch.zeros(3, dtype=torch.long), 2), 4)
-    with pytest.raises(UserError, match=r"conditions must provide __len__, index\(idx\) and group_ids\(\).*got list"):
+    with pytest.raises(UserError, match=r"conditions must provide __len__, index\(idx\), group_ids\(\) and null\(\).*got list"):
         check_cond([0, 1, 2, 3], 4)
+
+
+def test_null_and_drop_follow_reordering():
+    labels = Labels(torch.tensor([1, 2, 0]), 3).drop(torch.tensor([False, True, False]))
+    assert labels.embedding_index().tolist() == [1, 3, 0]  # row 3 = the null row
+    moved = labels.index(torch.tensor([1, 1, 2]))
+    assert moved.embedding_index().tolist() == [3, 3, 0] and moved.values.tolist() == [2, 2, 0]
+    assert labels.null().embedding_index().tolist() == [3, 3, 3]
+    both = Labels.cat([labels, Labels(torch.tensor([2]), 3)])
+    assert both.embedding_index().tolist() == [1, 3, 0, 2]
+    with pytest.raises(UserError, match=r"dropped mask of class labels must be a bool tensor of shape \(3,\)"):
+        Labels(torch.tensor([1, 2, 0]), 3, dropped=torch.tensor([0, 1, 0]))

@@ -7,7 +7,10 @@ Convention (torchcfm's, so its ``UNetModelWrapper`` works unchanged): a velocity
   broadcast to every sample);
 - ``x``: tensor of shape ``(B, *event_shape)``;
 
-returning the velocity ``v(t, x)``, a tensor shaped like ``x``.
+returning the velocity ``v(t, x)``, a tensor shaped like ``x``. A *conditional* field is also called with the
+conditions of the batch, ``model(t, x, cond)`` (``cond`` an :mod:`orwcfm.conditions` type of length B; ``None`` or
+``cond.null()`` asks for the unconditional velocity). Callers go through :func:`call_field`, which calls an
+unconditional model exactly as before, so a torchcfm UNet needs nothing new.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class VelocityField(Protocol):
     """Anything called as ``model(t, x) -> v``: ``t`` (B,) in [0, 1], ``x`` and ``v`` (B, *event_shape)."""
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor: ...
+
+
+def call_field(model, t: Tensor, x: Tensor, cond=None) -> Tensor:
+    """``model(t, x)`` without conditions, ``model(t, x, cond)`` with them: the one place that decides."""
+    return model(t, x) if cond is None else model(t, x, cond)
 
 
 def broadcast_time(t: Tensor | float, batch_size: int) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from orwcfm.conditions import Labels
 from orwcfm.models.base import broadcast_time, time_embedding
 
 
@@ -89,6 +90,10 @@ class UNet(nn.Module):
     ``attention_resolutions`` lists feature-map sizes in pixels (4 = the 4x4 map) that get self-attention.
     ``out_channels`` defaults to ``in_channels``. Non-square images are not supported.
 
+    ``num_classes`` makes it class-conditional, ``v(t, x, labels)``: a learned embedding of the label (one row per
+    class plus a null row for a withheld condition, :class:`orwcfm.conditions.Labels`) is added to the time
+    embedding. Called without labels (``v(t, x)``) a conditional UNet gives its unconditional velocity (the null row).
+
     >>> import torch
     >>> UNet(1, 8)(torch.rand(2), torch.randn(2, 1, 8, 8)).abs().max().item()  # zero-initialised head
     0.0
@@ -106,6 +111,7 @@ class UNet(nn.Module):
         num_groups: int = 8,
         out_channels: int | None = None,
         num_heads: int = 1,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -167,6 +173,24 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.channel_mult = channel_mult
         self.num_res_blocks = num_res_blocks
+        # Created last, and only for a conditional UNet, so that an unconditional one draws exactly the same
+        # initial weights (and has exactly the same state dict) as before conditions existed.
+        self.num_classes = num_classes
+        if num_classes is not None:
+            if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+                raise ValueError(f"UNet num_classes must be a positive integer or None, got {num_classes!r}")
+            self.label_emb = nn.Embedding(num_classes + 1, time_dim)
+
+    def _label_rows(self, cond: Labels | None, batch: int) -> Tensor:
+        """(B,) rows of the label embedding: the null row for every sample when there are no labels."""
+        if cond is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long)
+        if not isinstance(cond, Labels):
+            raise ValueError(f"a class-conditional UNet takes orwcfm.conditions.Labels, got {type(cond).__name__}")
+        if len(cond) != batch or cond.num_classes != self.num_classes:
+            raise ValueError(f"UNet built for {self.num_classes} classes and a batch of {batch} got {len(cond)} "
+                             f"labels of {cond.num_classes} classes")
+        return cond.embedding_index()
 
     @staticmethod
     def _validate(in_channels, image_size, base_channels, channel_mult, num_res_blocks, dropout, num_groups):
@@ -193,12 +217,16 @@ class UNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet dropout must be in [0, 1), got {dropout!r}")
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor, x: Tensor, cond: Labels | None = None) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"UNet expects x of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         t = broadcast_time(t, x.shape[0]).to(x.device)
         emb = self.time_mlp(time_embedding(t, self.base_channels).to(x.dtype))
+        if self.num_classes is not None:
+            emb = emb + self.label_emb(self._label_rows(cond, x.shape[0]).to(x.device)).to(emb.dtype)
+        elif cond is not None:
+            raise ValueError("this UNet is unconditional (num_classes=None) but was called with conditions")
 
         h = self.stem(x)
         skips = []
