@@ -3,6 +3,8 @@ with the paper's weights exp(tau r), alpha in {0, 0.3, 1}.
 
     .venv/bin/python experiments/mnist5k_even.py [--alphas 0 0.3 1] [--seeds 0] [--out runs/mnist5k] [--set KEY=VALUE ...]
 
+Cells already finished in --out (their summary.json exists) are read, not rerun: adding seeds runs only the new ones.
+
 The built-in ``mnist5k-even`` task (configs/finetune/mnist5k-even.yaml): the ``builtin:mnist5k`` reference (pretrained
 and cached on first use, ~25 min on 2 CPU cores), the reward P(even | x) of a CNN trained on one half of the 5000 digits,
 the gold MLP trained on the other half. Prints, per alpha, the final metrics and class histogram and the reward per
@@ -39,12 +41,16 @@ def main() -> None:
             name = f"alpha_{alpha:g}_seed_{seed}"
             cfg = finetune_config(config_file="mnist5k-even", savedir=args.out, run_name=name,
                                   overrides=[*args.overrides, f"w2_coefficient={alpha}", f"seed={seed}"])
-            summary = run_finetune(cfg, cache=args.cache, progress=False)
+            done = Path(args.out) / name / "summary.json"
+            if done.exists():  # a finished cell is reused (rerun with more seeds, or after an interruption)
+                summary = json.loads(done.read_text())
+            else:
+                summary = run_finetune(cfg, cache=args.cache, progress=False).to_dict()
             rows = eval_rows(Path(args.out) / name)
             runs[f"alpha={alpha:g} seed={seed}"] = rows
             finals.setdefault(alpha, []).append(rows[-1])
-            histograms.setdefault(alpha, []).append(summary.class_histogram_after)
-            walls.setdefault(alpha, []).append(summary.wall_seconds)
+            histograms.setdefault(alpha, []).append(summary["class_histogram_after"])
+            walls.setdefault(alpha, []).append(summary["wall_seconds"])
             if alpha == args.alphas[0] and seed == args.seeds[0]:
                 reference = rows[0]
 
