@@ -194,8 +194,24 @@ def gold_classifier(cache: str | Path | None = None, progress: bool = False, *, 
     return split_classifier(dataset, "gold", cache, seed=seed, progress=progress)
 
 
+def reference_key(config: PretrainConfig) -> dict:
+    """The settings that name a cached reference: the resolved config, less keys added after references were first
+    cached while they hold their defaults (so an unconditional reference keeps its folder and is not retrained)."""
+    settings = to_dict(config)
+    if not settings["conditional"]:
+        settings.pop("conditional")
+        settings.pop("condition_dropout")
+    return settings
+
+
 def reference_config(name: str = "digits", **overrides) -> PretrainConfig:
-    """The settings of a cached built-in reference: the data set's preset plus ``overrides``."""
+    """The settings of a cached built-in reference: the data set's preset (with a built-in reference's own settings,
+    e.g. ``digits-cond``) plus ``overrides``."""
+    from .config import BUILTIN_REFERENCES
+
+    if name in BUILTIN_REFERENCES:
+        settings = dict(BUILTIN_REFERENCES[name])
+        return pretrain_config(settings.pop("data"), **{**settings, **overrides})
     return pretrain_config(name, **overrides)
 
 
@@ -206,14 +222,15 @@ def builtin_reference(name: str = "digits", cache: str | Path | None = None, *,
     ``name`` is a data set with a pretraining preset (digits, moons, 8gaussians, gaussian-1d, patches, ...).
     An interrupted pretraining resumes from its last checkpoint the next time.
     """
-    from .config import PRETRAIN_PRESETS
+    from .config import BUILTIN_REFERENCES, PRETRAIN_PRESETS
     from .errors import unknown_name_error
     from .train import pretrain
 
-    if name not in PRETRAIN_PRESETS or name in ("mnist", "cifar10"):
-        raise unknown_name_error("built-in reference", name, [n for n in PRETRAIN_PRESETS if n not in ("mnist", "cifar10")])
+    names = [*(n for n in PRETRAIN_PRESETS if n not in ("mnist", "cifar10")), *BUILTIN_REFERENCES]
+    if name not in names:
+        raise unknown_name_error("built-in reference", name, names)
     config = config or reference_config(name)
-    run_dir = cache_dir(cache) / f"{name}-reference-{_digest(to_dict(config))}"
+    run_dir = cache_dir(cache) / f"{name}-reference-{_digest(reference_key(config))}"
     existing = list_checkpoints(run_dir)
     if existing and int(existing[-1].name.split("_")[1]) == config.steps:
         return resolve_checkpoint(run_dir)

@@ -295,8 +295,15 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     device: str = "cpu"
     num_threads: int | None = None  # torch CPU threads; null keeps torch's default
+    # Class-conditional pretraining: the model takes the data's labels (a label embedding, v(t, x, labels)) and each
+    # label is withheld with probability condition_dropout, so that the same network also learns the unconditional
+    # field that classifier-free guidance needs.
+    conditional: bool = False
+    condition_dropout: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise UserError(f"config key 'condition_dropout' must be in [0, 1), got {self.condition_dropout}")
         for name in ("steps", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every", "keep_checkpoints"):
             _positive(name, getattr(self, name))
         for name in ("warmup_steps", "weight_decay"):
@@ -331,6 +338,14 @@ PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"steps": 100000, "batch_size": 128, "learning_rate": 2e-4,
                 "model": {"kind": "unet", "options": {"base_channels": 64, "channel_mult": [1, 2, 2, 2], "attention_resolutions": [16]}}},
     **{name: _TOY for name in ("gaussian-1d", "gmm-1d", "gmm-2d", "8gaussians", "moons", "checkerboard")},
+}
+
+
+# Built-in references that are more than a data set's plain preset: ``builtin:NAME`` -> its data set and settings.
+BUILTIN_REFERENCES: dict[str, dict[str, Any]] = {
+    # The class-conditional digits reference of the prompted-digits task: the digits preset, with the labels as
+    # conditions and 10 % of them withheld (the null label that classifier-free guidance needs).
+    "digits-cond": {"data": "digits", "conditional": True, "condition_dropout": 0.1},
 }
 
 

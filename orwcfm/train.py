@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist_util
+from .conditions import Labels, index_cond
 from .config import PretrainConfig, to_dict
 from .couplings import get_coupling
 from .data import DataSource, load_dataset
 from .errors import UserError
 from .interrupt import Interrupted, StopRequest
 from .models import ModelSpec, build_model, default_spec, num_parameters
+from .models.base import call_field
 from .paths import StraightPath, make_time_sampler
 from .plotting import save_samples
 from .runlog import RunLogger
@@ -58,9 +60,37 @@ class PretrainResult:
 
 
 def resolve_model_spec(config: PretrainConfig, data: DataSource) -> ModelSpec:
-    """The architecture for this data: ``auto`` picks MLP for vectors and UNet for images; options override."""
+    """The architecture for this data: ``auto`` picks MLP for vectors and UNet for images; options override.
+    A conditional run gets ``num_classes`` from the data's labels."""
     base = default_spec(config.model.kind, data.shape)
-    return ModelSpec(kind=base.kind, event_shape=tuple(data.shape), options={**base.options, **config.model.options})
+    options = {**base.options, **config.model.options}
+    classes = condition_classes(config, data)
+    if classes is not None:
+        if base.kind != "unet":
+            raise UserError(f"config key 'conditional' needs a model that takes class labels (unet), got '{base.kind}'")
+        options["num_classes"] = classes
+    return ModelSpec(kind=base.kind, event_shape=tuple(data.shape), options=options)
+
+
+def condition_classes(config: PretrainConfig, data: DataSource) -> int | None:
+    """The number of classes a conditional run is built for (None for an unconditional run)."""
+    if not config.conditional:
+        return None
+    classes = getattr(data, "num_classes", None)
+    if classes is None:
+        raise UserError(f"config key 'conditional' needs a data set with class labels; '{data.name}' has none")
+    return classes
+
+
+def draw_batch(data: DataSource, n: int, generator: torch.Generator, classes: int | None, dropout: float,
+               device: torch.device) -> tuple[torch.Tensor, Labels | None]:
+    """A training batch: (n, *shape) data and, for a conditional run, its labels with a ``dropout`` share withheld
+    (classifier-free guidance's null label). An unconditional run draws exactly what it always drew."""
+    if classes is None:
+        return data.sample(n, generator).to(device), None
+    x1, labels = data.sample_with_labels(n, generator)
+    withheld = torch.rand(n, generator=generator) < dropout
+    return x1.to(device), Labels(labels, classes).drop(withheld).to(device)
 
 
 def warmup_schedule(warmup_steps: int, total_steps: int, kind: str):
@@ -121,6 +151,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     torch.manual_seed(rank_seed)  # dropout and any other global-RNG use
     generator = torch.Generator().manual_seed(rank_seed)  # data, noise and times: CPU, device independent
 
+    classes = condition_classes(config, data)
     spec = resolve_model_spec(config, data)
     model = build_model(spec).to(device)
     net: nn.Module = model
@@ -182,13 +213,14 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
                 signum = stop.signum or signal.SIGTERM
                 raise Interrupted(f"{signal.Signals(signum).name} at step {step}: checkpoint written to {where}; "
                                   "continue with --resume", signum)
-            x1 = data.sample(batch_size, generator).to(device)
+            x1, cond = draw_batch(data, batch_size, generator, classes, config.condition_dropout, device)
             x0 = torch.randn(x1.shape, generator=generator).to(device)
-            pair = coupling(x0, x1)
+            pair = coupling(x0, x1, groups=None if cond is None else cond.group_ids())  # OT within each class
+            cond = index_cond(cond, pair.index)
             t = time_sampler(batch_size, generator).to(device)
             target = path.sample(pair.x0, pair.x1, t)
 
-            loss = (net(t, target.x_t) - target.u_t).pow(2).mean()
+            loss = (call_field(net, t, target.x_t, cond) - target.u_t).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
@@ -218,8 +250,9 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     final_model = (ema.module if ema is not None else model).eval()
     samples_path = run_dir / "samples.png"
     if main:
+        grid_cond = None if classes is None else Labels(torch.arange(config.num_samples) % classes, classes).to(device)
         samples = sample(final_model, config.num_samples, data.shape, generator=torch.Generator().manual_seed(config.seed + 1),
-                         device=device, solver=config.sampling.solver, steps=config.sampling.steps)
+                         device=device, solver=config.sampling.solver, steps=config.sampling.steps, cond=grid_cond)
         save_samples(samples.cpu(), samples_path, title=f"{data.name}: {config.num_samples} samples")
     dist_util.barrier(ctx)
     return PretrainResult(

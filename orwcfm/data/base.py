@@ -81,9 +81,19 @@ class TensorData:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(n, *shape)`` rows drawn uniformly at random with replacement, reproducibly given ``generator``."""
+        return self.sample_with_labels(n, generator)[0]
+
+    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rows of :meth:`sample` ((n, *shape); the same draw for the same generator state) and their labels
+        ((n,) int64, or None for a data set without labels)."""
         _check_n(n)
-        idx = torch.randint(len(self), (n,), generator=generator, device=generator_device(generator))
-        return self.x[idx.to(self.x.device)]
+        idx = torch.randint(len(self), (n,), generator=generator, device=generator_device(generator)).to(self.x.device)
+        return self.x[idx], None if self.labels is None else self.labels[idx.to(self.labels.device)]
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes (largest label + 1), or None without labels."""
+        return None if self.labels is None else int(self.labels.max()) + 1
 
 
 @dataclass(frozen=True, eq=False)
