@@ -318,27 +318,17 @@ class PretrainConfig:
             _positive("num_threads", self.num_threads)
 
 
-# Built-in settings per data set: what `orwcfm pretrain --data NAME` uses. configs/pretrain/NAME.yaml holds the
-# same settings written out (a test keeps the two in step).
-_TOY = {"steps": 3000, "batch_size": 256, "learning_rate": 1e-3, "model": {"kind": "mlp"}, "num_samples": 2000}
-PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "digits": {"steps": 4000, "batch_size": 128, "learning_rate": 2e-3, "num_samples": 100},
-    "patches": {"steps": 6000, "batch_size": 64, "learning_rate": 1e-3,
-                "model": {"kind": "unet", "options": {"channel_mult": [1, 2, 2], "attention_resolutions": [8]}}},
-    "mnist": {"steps": 20000, "batch_size": 128, "learning_rate": 1e-3},
-    # mnist5k: the 28x28 default UNet written out (base 16, levels 28/14/7, attention at 7x7; 192,865 parameters).
-    # Measured here (2 shared CPU cores, 2 threads, batch 128, the full step with Adam, clipping and EMA): 217-225 ms
-    # a step at best, 258-305 ms median while other jobs ran (base 24: ~470-610 ms, base 32: ~625-790 ms). At
-    # 250 ms a step, 5000 steps take 1250 s (~21 min; 25 min at the busy 305 ms), plus ~10 s for the final
-    # 100-sample grid (euler x 100, ~60 ms a pass) and the data (0.5 s): within 25 minutes. 5000 steps of 128 are
-    # 128 passes over the 5000 digits; lr 2e-3 as digits, the other short UNet run.
-    "mnist5k": {"steps": 5000, "batch_size": 128, "learning_rate": 2e-3,
-                "model": {"kind": "unet", "options": {"base_channels": 16, "channel_mult": [1, 2, 2],
-                                                      "attention_resolutions": [7]}}},
-    "cifar10": {"steps": 100000, "batch_size": 128, "learning_rate": 2e-4,
-                "model": {"kind": "unet", "options": {"base_channels": 64, "channel_mult": [1, 2, 2, 2], "attention_resolutions": [16]}}},
-    **{name: _TOY for name in ("gaussian-1d", "gmm-1d", "gmm-2d", "8gaussians", "moons", "checkerboard")},
-}
+# The built-in settings live once, as YAML files inside the package (orwcfm/presets; the repository's configs/ folder
+# is a link to it): pretrain/NAME.yaml is what `orwcfm pretrain --data NAME` uses, finetune/NAME.yaml is the task
+# `orwcfm finetune --config NAME`. Each file's comments say why its values are what they are.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def _load_presets(kind: str) -> dict[str, dict[str, Any]]:
+    return {path.stem: load_yaml(path) for path in sorted((PRESETS_DIR / kind).glob("*.yaml"))}
+
+
+PRETRAIN_PRESETS: dict[str, dict[str, Any]] = _load_presets("pretrain")
 
 
 # Built-in references that are more than a data set's plain preset: ``builtin:NAME`` -> its data set and settings.
@@ -454,51 +444,7 @@ class FinetuneConfig:
             raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
 
 
-# Built-in fine-tuning tasks: `orwcfm finetune --config NAME` (and the demo) use these; configs/finetune/NAME.yaml
-# holds the same settings written out (a test keeps the two in step).
-FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's weights exp(tau r) with r = log P(even | x) and tau = 2 are P(even | x)^2: a soft Bayesian
-    # conditioning on "even" that keeps the even digits' proportions. Z = mean(P(even)^2) <= 1, so alpha is
-    # measured against weights of at most 1: alpha = 0.1 (alpha / Z ~ 0.1-0.2) is the strongest regulariser that
-    # still reaches 95 % even digits with every even digit >= 10 % (alpha = 0.05 drops the 2s to 5 %; a probability
-    # reward at tau = 5, where alpha >= 1 is possible, drops the 2s and 8s below 5 % at alpha = 1, 3 and 10). OT
-    # pairing keeps the classes' proportions better than independent pairing (8s at 8 %), which drifts less at zero
-    # reward (docs/reproduction.md, section 7).
-    "digits-even": {
-        "ref_path": "builtin:digits", "reward": "digits-even", "reward_options": {"log_prob": True},
-        "w2_coefficient": 0.1, "temperature": 2.0, "coupling": "ot",
-        "learning_rate": 5e-4, "batch_size": 128, "buffer_size": 1024, "epochs": 12, "steps_per_epoch": 50,
-        "eval_samples": 1000, "log_every": 25,
-    },
-    # The paper's MNIST experiment at its real size: 5000 real 28x28 digits (the mnist5k data set), a reward CNN and a
-    # gold MLP on disjoint halves. Probability reward at tau = 5 (the paper's weights exp(5 p), Z ~ e^2.5 .. e^5).
-    # 1200 steps of 64 keep each run within ~7 minutes on 2 CPU cores (experiments/mnist5k_even.py).
-    "mnist5k-even": {
-        "ref_path": "builtin:mnist5k", "reward": "digits-even", "reward_options": {"dataset": "mnist5k"},
-        "w2_coefficient": 1.0, "temperature": 5.0, "learning_rate": 5e-4, "batch_size": 64, "buffer_size": 512,
-        "epochs": 12, "steps_per_epoch": 100, "eval_samples": 500, "log_every": 25,
-    },
-    # DDPO's JPEG compressibility under the paper's weights. The reward is measured from a baseline, r = 1.0 - kB
-    # (1.03 kB is the mean size of the data's 32x32 patches), so that Z = mean(exp(tau r)) starts near 1 and alpha has
-    # the paper's scale (with r = -kB, Z ~ e^-(tau kB) and any usable alpha would be tiny). tau = 15 per kB: the 32x32
-    # patches' sizes spread by 0.29 kB (standard deviation), so tau r spans a few units, as tau = 50 does on the 16x16
-    # patches of docs/reproduction.md section 5 (0.08 kB); that section measures the 16x16 analogue, not this preset.
-    "patches-jpeg": {
-        "ref_path": "builtin:patches", "reward": "jpeg-compressibility", "reward_options": {"baseline_kb": 1.0},
-        "w2_coefficient": 1.0, "temperature": 15.0,
-        "learning_rate": 2e-4, "batch_size": 64, "buffer_size": 512, "epochs": 10, "steps_per_epoch": 50,
-        "eval_samples": 256, "log_every": 25,
-    },
-    # Under the paper's weights with r = -||x - (5, 0)|| and tau = 1, Z starts near e^-2.8 (about 0.06), so alpha is
-    # strong for its size: measured (seed 0, 10 epochs) alpha = 0.1 collapses onto the nearest mode (diversity 1.5 of
-    # the reference's 6.1), alpha = 1 and 3 barely move (reward -5.6 and -6.0 from -6.1); alpha = 0.3 pulls the mass
-    # toward the point (reward -3.4) and keeps the other modes (diversity 4.6, Vendi 2.2 of 2.9).
-    "toy-2d": {
-        "ref_path": "builtin:8gaussians", "reward": "distance", "reward_options": {"point": [5.0, 0.0]},
-        "w2_coefficient": 0.3, "temperature": 1.0, "learning_rate": 1e-3, "batch_size": 256, "buffer_size": 2048,
-        "epochs": 10, "steps_per_epoch": 100, "eval_samples": 2000, "log_every": 50,
-    },
-}
+FINETUNE_PRESETS: dict[str, dict[str, Any]] = _load_presets("finetune")
 
 
 def finetune_config(config: FinetuneConfig | Mapping[str, Any] | None = None, config_file: str | Path | None = None,
