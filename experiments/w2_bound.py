@@ -65,7 +65,7 @@ def main() -> None:
         table = [[e + 1, *(fmt_ci([per_seed[s][e][i] for s in args.seeds], 4) for i in range(1, 7))] for e in range(args.epochs)]
         print(f"\nalpha = {alpha:g} (tau {cfg.temperature:g}, weighting {cfg.weighting}), end of each epoch, squared Euclidean "
               f"units, mean ± 95 % t-interval over seeds {args.seeds}\n")
-        print(markdown(["epoch", "loss W2 term", "bound integral", "coupled E|X1-Y1|^2", "empirical W2^2",
+        print(markdown(["epoch", "loss W2 term", "bound integral", "coupled E\\|X1-Y1\\|^2", "empirical W2^2",
                         "W2^2 floor (two reference sets)", "reward mean"], table, 4))
         cells = [r for rs in per_seed.values() for r in rs]
         holds = sum(r[4] <= r[3] * 1.05 for r in cells)
