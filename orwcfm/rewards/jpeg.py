@@ -69,7 +69,8 @@ class ShiftedJpegReward:
     reward multiplies every weight by ``exp(tau c)``, which is the same as dividing the W2 coefficient alpha by
     ``exp(tau c)``. With r = -kB and the tau that JPEG sizes need (tens per kB), ``Z = mean(exp(tau r))`` is about
     e^-40 and the paper's alpha loses its meaning; measured from a size typical of the reference (its mean), r is
-    near 0, Z near 1, and alpha has the paper's scale. The gradient-free fine-tuning is otherwise the same.
+    near 0 and Z within a few e-folds of 1 (log Z = 2.2 at the start of the 16x16 run of docs/reproduction.md
+    section 5, growing as the model compresses: train/log_z shows it). The fine-tuning is otherwise the same.
 
     >>> r = ShiftedJpegReward(compress=True, baseline_kb=0.5)
     >>> x = torch.zeros(1, 1, 8, 8)
