@@ -72,23 +72,36 @@ class Labels:
             raise UserError(f"the dropped mask of class labels must be a bool tensor of shape ({len(self.values)},), "
                             f"got {self.dropped.dtype} {tuple(self.dropped.shape)}")
 
+    def _derive(self, values: torch.Tensor, dropped: torch.Tensor | None) -> Labels:
+        """Labels made from this one's already checked values (reindexed, moved, masked). The range check of the
+        constructor reads the values back (min and max: two device syncs), so it runs once, where labels enter,
+        not again at every reordering inside the training step."""
+        out = object.__new__(Labels)
+        object.__setattr__(out, "values", values)
+        object.__setattr__(out, "num_classes", self.num_classes)
+        object.__setattr__(out, "dropped", dropped)
+        return out
+
     def __len__(self) -> int:
         return len(self.values)
 
     def index(self, idx: torch.Tensor) -> Labels:
         idx = idx.to(self.values.device)
-        return Labels(self.values[idx], self.num_classes, None if self.dropped is None else self.dropped[idx])
+        return self._derive(self.values[idx], None if self.dropped is None else self.dropped[idx])
 
     def group_ids(self) -> torch.Tensor:
         return self.values.long()
 
     def null(self) -> Labels:
-        return Labels(self.values, self.num_classes, torch.ones(len(self.values), dtype=torch.bool, device=self.values.device))
+        return self._derive(self.values, torch.ones(len(self.values), dtype=torch.bool, device=self.values.device))
 
     def drop(self, mask: torch.Tensor) -> Labels:
         """Withhold the conditions where ``mask`` ((B,) bool) is True, in addition to those already withheld."""
-        dropped = mask if self.dropped is None else self.dropped | mask
-        return Labels(self.values, self.num_classes, dropped)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (len(self.values),):
+            raise UserError(f"the dropped mask of class labels must be a bool tensor of shape ({len(self.values)},), "
+                            f"got {mask.dtype} {tuple(mask.shape)}")
+        mask = mask.to(self.values.device)
+        return self._derive(self.values, mask if self.dropped is None else self.dropped | mask)
 
     def embedding_index(self) -> torch.Tensor:
         """(B,) int64 rows of a label embedding with ``num_classes + 1`` rows: the label, or ``num_classes`` (the
@@ -98,7 +111,7 @@ class Labels:
         return torch.where(self.dropped, torch.full_like(self.values, self.num_classes), self.values).long()
 
     def to(self, device: torch.device | str) -> Labels:
-        return Labels(self.values.to(device), self.num_classes, None if self.dropped is None else self.dropped.to(device))
+        return self._derive(self.values.to(device), None if self.dropped is None else self.dropped.to(device))
 
     @staticmethod
     def cat(parts: Sequence[Labels]) -> Labels:

@@ -73,3 +73,5 @@ def test_null_and_drop_follow_reordering():
     assert both.embedding_index().tolist() == [1, 3, 0, 2]
     with pytest.raises(UserError, match=r"dropped mask of class labels must be a bool tensor of shape \(3,\)"):
         Labels(torch.tensor([1, 2, 0]), 3, dropped=torch.tensor([0, 1, 0]))
+    with pytest.raises(UserError, match=r"dropped mask of class labels must be a bool tensor of shape \(3,\), got torch.bool \(2,\)"):
+        labels.drop(torch.tensor([True, False]))
