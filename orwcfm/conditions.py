@@ -152,3 +152,63 @@ def check_cond(cond: Cond | None, batch: int, what: str = "samples") -> None:
                         f"got {type(cond).__name__}")
     if len(cond) != batch:
         raise UserError(f"got {len(cond)} conditions for {batch} {what}: one condition per sample expected")
+
+
+def cond_state(cond: Cond | None) -> dict | None:
+    """The conditions as plain tensors and numbers, for a checkpoint (``torch.load(weights_only=True)`` reads it)."""
+    if cond is None:
+        return None
+    if isinstance(cond, Labels):
+        return {"kind": "labels", "values": cond.values.cpu(), "num_classes": cond.num_classes,
+                "dropped": None if cond.dropped is None else cond.dropped.cpu()}
+    raise UserError(f"cannot save conditions of type {type(cond).__name__} in a checkpoint (only Labels)")
+
+
+def cond_from_state(state: dict | None, device: torch.device | str = "cpu") -> Cond | None:
+    """The conditions :func:`cond_state` saved."""
+    if state is None:
+        return None
+    if state.get("kind") != "labels":
+        raise UserError(f"unknown kind of saved conditions: {state.get('kind')!r}")
+    dropped = None if state["dropped"] is None else state["dropped"].to(device)
+    return Labels(state["values"].to(device), int(state["num_classes"]), dropped)
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """A prompt set for a class-conditional model: prompt k is class k (e.g. "a handwritten 3" is the digit 3).
+
+    Attributes:
+        prompts: the prompts, in class order.
+        samples_per_prompt: k, the size of a condition group: each drawn prompt gets k consecutive samples (as
+            group-relative methods draw them); 1 draws every sample's prompt independently.
+    """
+
+    prompts: tuple[str, ...]
+    samples_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) == 0:
+            raise UserError("the prompt set is empty: give at least one prompt")
+        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            bad = next(p for p in self.prompts if not isinstance(p, str) or not p.strip())
+            raise UserError(f"every prompt must be a non-empty string, got {bad!r}")
+        k = self.samples_per_prompt
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"samples_per_prompt must be a positive integer, got {k!r}")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Labels:
+        """The conditions of ``n`` training samples: n / k prompts drawn uniformly (on the CPU ``generator``), each
+        repeated k times."""
+        k = self.samples_per_prompt
+        if n % k:
+            raise UserError(f"samples_per_prompt {k} must divide the number of samples drawn per refresh ({n})")
+        classes = torch.randint(len(self.prompts), (n // k,), generator=generator).repeat_interleave(k)
+        return Labels(classes.to(device), len(self.prompts))
+
+    def spread(self, n: int, device: torch.device | str = "cpu") -> Labels:
+        """``n`` conditions spread evenly over the prompts (0, 1, .., P-1, 0, 1, ..): the evaluation's."""
+        return Labels(torch.arange(n, device=device) % len(self.prompts), len(self.prompts))

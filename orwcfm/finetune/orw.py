@@ -36,7 +36,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..conditions import Cond, check_cond, index_cond
 from ..couplings import Pairing, independent_coupling
+from ..models.base import call_field
 from ..paths import StraightPath
 
 
@@ -98,6 +100,7 @@ def orw_cfm_w2_loss(
     coupling: Callable[[torch.Tensor, torch.Tensor], Pairing] = independent_coupling,
     resample: bool | None = None,
     generator: torch.Generator | None = None,
+    cond: Cond | None = None,
 ) -> ORWLoss:
     """The ORW-CFM-W2 loss of one batch: ``mean_i [w_i ||v - u||^2 + alpha ||v - v_ref||^2]``.
 
@@ -116,26 +119,36 @@ def orw_cfm_w2_loss(
         resample: apply the weights by resampling ``x1`` before pairing (unit weights, times mean(w), after);
             default: when ``coupling`` is not the independent one (see the module docstring for why).
         generator: the random source of the resampling.
+        cond: the conditions of ``x1`` (one per sample) for a conditional field, or None. They follow every
+            reordering (resampling, pairing; OT pairs only within a condition), and the reference sees them too.
     """
     if weights.shape != (x1.shape[0],):
         raise ValueError(f"weights must have shape ({x1.shape[0]},) to match x1 {tuple(x1.shape)}, got {tuple(weights.shape)}")
     if reference is None and isinstance(alpha, (int, float)) and alpha > 0:
         raise ValueError("alpha > 0 needs a reference model")
-    fm_x1, mass = x1, None  # mass: set when the weights were applied by resampling (unit weights after)
+    check_cond(cond, x1.shape[0], "policy samples")
+    fm_x1, mass, drawn = x1, None, None  # mass: set when the weights were applied by resampling (unit weights after)
     if resample if resample is not None else coupling is not independent_coupling:
         mass = weights.mean()  # E[mass * mean_j fm(resampled_j)] = mean_i w_i fm_i
-        fm_x1 = x1[systematic_resample(weights, generator)]
-    pair = coupling(x0, fm_x1)
+        drawn = systematic_resample(weights, generator)
+        fm_x1 = x1[drawn]
+    fm_cond = index_cond(cond, drawn) if drawn is not None else cond
+    pair = coupling(x0, fm_x1) if cond is None else coupling(x0, fm_x1, groups=fm_cond.group_ids())
+    # the condition of row i is that of the sample it now holds: indices into the original batch
+    fm_rows = pair.index if drawn is None else drawn[pair.index]
     target = path.sample(pair.x0, pair.x1, t)
     # The W2 term's interpolants: the policy's samples as drawn, independently paired. They are the FM term's own
     # interpolants exactly when that term uses independent pairs of the un-resampled batch.
     separate = reference is not None and (mass is not None or coupling is not independent_coupling)
     if separate:
         x_w2 = path.sample(x0, x1, t).x_t
-        v_both = _at_least_fp32(model(torch.cat([t, t]), torch.cat([target.x_t, x_w2])))
+        both = index_cond(cond, torch.cat([fm_rows, torch.arange(len(t), device=fm_rows.device)]))
+        v_both = _at_least_fp32(call_field(model, torch.cat([t, t]), torch.cat([target.x_t, x_w2]), both))
         v, v_w2 = v_both[: len(t)], v_both[len(t):]
+        w2_cond = cond
     else:
-        v = _at_least_fp32(model(t, target.x_t))
+        w2_cond = index_cond(cond, fm_rows)
+        v = _at_least_fp32(call_field(model, t, target.x_t, w2_cond))
         v_w2, x_w2 = v, target.x_t
     fm = _per_sample_sq(v - target.u_t)
     fm = fm * weights[pair.index] if mass is None else fm  # the weight travels with its sample (the published code forgot this)
@@ -143,7 +156,7 @@ def orw_cfm_w2_loss(
     if reference is not None:
         # The reference is frozen: no graph, no saved activations. Its output is a constant target for v.
         with torch.inference_mode():
-            v_ref = reference(t, x_w2)
+            v_ref = call_field(reference, t, x_w2, w2_cond)
         w2 = _per_sample_sq(v_w2 - _at_least_fp32(v_ref.clone())).mean()
         loss = fm_mean + alpha * w2
     else:

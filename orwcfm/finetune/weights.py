@@ -17,6 +17,11 @@ tau = 5 on a probability, Z is near 100 and alpha = 1 is a weak regulariser. Thr
                        average 1 per minibatch; Z differs from minibatch to minibatch, so the objective is not one
                        fixed reweighting of the buffer (kept for comparison with earlier releases of orwcfm).
 
+**Groups.** With conditions (k samples per prompt, as group-relative methods draw them) the normalised weightings
+can normalise within each condition instead of over everything (``weight_groups: condition``): Z is then the
+mean of exp(tau r) over the samples of the same condition, so every prompt gets the same total weight however
+hard its reward is. The paper's weights are unnormalised: grouping does not apply to them.
+
 **Floating-point range.** ``exp(tau r)`` overflows float32 for tau r > 88, and Adam's squared gradients leave it
 long before. The paper's formula is used exactly (value and gradient) whenever the largest coefficient of the loss,
 ``c = max(max_i tau r_i, log alpha)`` over the refresh's samples, lies within ``[-LOG_RANGE, LOG_RANGE]``; otherwise
@@ -80,6 +85,33 @@ def logmeanexp(s: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(s, dim=0) - math.log(s.shape[0])
 
 
+def group_logmeanexp(s: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``log mean exp(s)`` over each sample's group, for every sample: (N,), (N,) int64 -> (N,).
+
+    >>> group_logmeanexp(torch.tensor([0.0, 2.0, 5.0]), torch.tensor([1, 7, 1])).tolist() == [
+    ...     math.log((1 + math.exp(5)) / 2), 2.0, math.log((1 + math.exp(5)) / 2)]
+    True
+    """
+    if groups.shape != s.shape:
+        raise ValueError(f"group ids must have shape {tuple(s.shape)} like the rewards, got {tuple(groups.shape)}")
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    inverse = inverse.to(s.device)
+    peak = torch.full((len(counts),), -math.inf, dtype=s.dtype, device=s.device).scatter_reduce(0, inverse, s, "amax")
+    sums = torch.zeros(len(counts), dtype=s.dtype, device=s.device).scatter_add(0, inverse, torch.exp(s - peak[inverse]))
+    return (peak + torch.log(sums) - torch.log(counts.to(s.device, s.dtype)))[inverse]
+
+
+def grouped_log_z(rewards: torch.Tensor, groups: torch.Tensor, temperature: float,
+                  ctx: dist_util.DistContext = dist_util.DistContext()) -> torch.Tensor:
+    """Each sample's ``log Z`` of its condition group over every rank's buffer: (N,) rewards and group ids (this
+    rank's share) -> (N,), the normaliser of ``buffer-normalized`` weights under ``weight_groups: condition``."""
+    _check_rewards(rewards)
+    everyone, sizes = dist_util.gather_with_sizes(temperature * _at_least_fp32(rewards), ctx)
+    all_groups, _ = dist_util.gather_with_sizes(groups.to(rewards.device), ctx)
+    start = sum(sizes[: ctx.rank])
+    return group_logmeanexp(everyone, all_groups)[start : start + rewards.shape[0]]
+
+
 @dataclass(frozen=True)
 class RefreshScale:
     """Constants of one policy refresh, from every sample it produced (all ranks); 0-dim tensors.
@@ -130,14 +162,22 @@ class LossWeights:
 
 
 def loss_weights(rewards: torch.Tensor, temperature: float, alpha: float, weighting: Weighting,
-                 scale: RefreshScale, ctx: dist_util.DistContext = dist_util.DistContext()) -> LossWeights:
+                 scale: RefreshScale, ctx: dist_util.DistContext = dist_util.DistContext(), *,
+                 groups: torch.Tensor | None = None, sample_log_z: torch.Tensor | None = None) -> LossWeights:
     """The loss coefficients of a minibatch with rewards (B,) (this rank's slice), under ``weighting``.
 
     ``scale`` is the :class:`RefreshScale` of the buffer the minibatch came from. Under ``batch-normalized`` the
     softmax runs over the global minibatch (one all_gather of B floats), so the mean of the per-rank losses (what
     DDP's gradient averaging takes) is the one-process loss; the other weightings are per sample.
+
+    Grouped normalisation (module docstring): ``groups`` (B,) int64 normalises ``batch-normalized`` weights within
+    each group of the minibatch; ``sample_log_z`` (B,) (from :func:`grouped_log_z` over the buffer) normalises
+    ``buffer-normalized`` weights by each sample's own group.
     """
     _check_rewards(rewards)
+    if weighting == "paper" and (groups is not None or sample_log_z is not None):
+        raise ValueError("the paper's weights exp(tau r) are unnormalised: grouped normalisation needs "
+                         "weighting buffer-normalized or batch-normalized")
     s = temperature * _at_least_fp32(rewards)
     zero = torch.zeros((), dtype=s.dtype, device=s.device)
     alpha_t = torch.full((), float(alpha), dtype=s.dtype, device=s.device)
@@ -146,11 +186,17 @@ def loss_weights(rewards: torch.Tensor, temperature: float, alpha: float, weight
         coef = torch.exp(math.log(alpha) - scale.shift) if alpha > 0 else zero
         w, shift = torch.exp(s - scale.shift), scale.shift
     elif weighting == "buffer-normalized":
-        w, coef, shift = torch.exp(s - scale.log_z), alpha_t, zero
+        w = torch.exp(s - (scale.log_z if sample_log_z is None else sample_log_z.to(s.dtype)))
+        coef, shift = alpha_t, zero
     elif weighting == "batch-normalized":
         everyone, sizes = dist_util.gather_with_sizes(rewards, ctx)
         start = sum(sizes[: ctx.rank])
-        w = normalized_weights(everyone, temperature)[start : start + rewards.shape[0]]
+        if groups is None:
+            w = normalized_weights(everyone, temperature)[start : start + rewards.shape[0]]
+        else:
+            s_all = temperature * _at_least_fp32(everyone)
+            g_all, _ = dist_util.gather_with_sizes(groups.to(rewards.device), ctx)
+            w = torch.exp(s_all - group_logmeanexp(s_all, g_all))[start : start + rewards.shape[0]]
         coef, shift = alpha_t, zero
     else:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")

@@ -1,0 +1,89 @@
+"""What a reward fine-tuning algorithm is, to the loop that runs it (``finetune/loop.py``).
+
+The loop owns everything the families share: when the policy is refreshed, how its samples are scored (the black-box
+reward, on every rank, NaNs stopped or dropped), the buffer and its minibatches, the optimizer step, logging,
+evaluation and checkpoints. An algorithm owns what differs between them::
+
+    collect(policy, x0, cond)    the policy's samples for one refresh (default: the ODE from noise x0)
+    refresh(buffer)              constants of one refresh (e.g. a normaliser over every sample it produced)
+    loss(roles, batch, x0, t)    the objective of one minibatch -> LossOutput(loss, stats)
+    log_row(row)                 derived numbers for the log (e.g. the regulariser's share of the loss)
+
+The stats are 0-dim tensors left on the device; the loop sums them between logs and reads them back only every
+``log_every`` steps, so the algorithm never makes the hot loop wait for the accelerator.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..conditions import Cond
+from ..sampling import generate
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The loss of one minibatch and the numbers to log about it.
+
+    Attributes:
+        loss: scalar with the graph to the trained parameters.
+        stats: name -> detached 0-dim tensor (averaged over the steps between two logs, and over ranks).
+    """
+
+    loss: torch.Tensor
+    stats: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How the policy integrates its samples: solver, steps, chunk size and precision (``config.sampling``)."""
+
+    solver: str
+    steps: int
+    batch_size: int | None
+    precision: str
+
+
+class Algorithm(ABC):
+    """One reward fine-tuning method. Subclasses set ``name`` and ``stat_keys`` and implement :meth:`loss`."""
+
+    name: ClassVar[str]
+    stat_keys: ClassVar[tuple[str, ...]]
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether :meth:`loss` reads the reference (if not, the loop never runs it)."""
+        return True
+
+    def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplerSettings) -> torch.Tensor:
+        """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``."""
+        return generate(policy, x0, solver=sampler.solver, steps=sampler.steps, batch_size=sampler.batch_size,
+                        precision=sampler.precision, cond=cond)
+
+    def refresh(self, buffer: Any) -> None:
+        """Called once per refresh with the new :class:`~orwcfm.finetune.buffer.SampleBuffer` (on every rank)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, reference: nn.Module | None, batch: Any, x0: torch.Tensor, t: torch.Tensor,
+             generator: torch.Generator) -> LossOutput:
+        """The objective of ``batch`` (a :class:`~orwcfm.finetune.buffer.Minibatch`) with fresh noise ``x0`` and
+        times ``t`` (B,); ``model`` is the trained network's forward (DDP / compiled), ``reference`` the frozen
+        pretrained one (None when :attr:`uses_reference` is False)."""
+
+    def log_row(self, row: Mapping[str, float]) -> dict[str, float]:
+        """Numbers derived from the averaged stats, added to the log row."""
+        return {}
+
+    def note(self, row: Mapping[str, float]) -> str | None:
+        """A one-time remark for the log about these numbers (None: nothing to say)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """The settings a summary reports (plain values)."""
+        return {"algorithm": self.name}

@@ -1,0 +1,238 @@
+"""The fine-tuning loop: one plain loop that runs any :class:`~orwcfm.algorithms.Algorithm`.
+
+    refresh     policy <- the run's model, when due (every epoch, or every ``refresh_every`` steps)
+    collect     the policy's samples x1 for this refresh, under conditions drawn from the prompt set (if any)
+    score       their rewards r = reward(x1[, cond]) (the black box; checked on every rank; NaNs stop or drop)
+    minibatch   (x1, r, cond) from the buffer (a fresh batch every step when ``buffer_size`` is null)
+    loss        the algorithm's objective of the minibatch, with fresh noise x0 and times t
+    step        optimizer, warm-up schedule, gradient clipping, optional EMA       (runtime.Optimization)
+    log         every ``log_every`` steps the running means (only then are numbers pulled off the device)
+    evaluate    between epochs, on fixed noise: metrics, sample grid             (``evaluate_and_record``)
+    checkpoint  between epochs, atomically; the last K kept; on SIGINT / SIGTERM the exact state, then out
+
+:class:`FinetuneLoop` is the loop and the state it advances; :class:`~orwcfm.finetune.trainer.ORWCFMTrainer`
+builds it from a config and adds loading, sampling, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt
+from .. import distributed as dist_util
+from .. import runtime
+from ..algorithms import Algorithm, SamplerSettings
+from ..conditions import Cond, index_cond
+from ..config import FinetuneConfig, to_dict
+from ..errors import UserError
+from ..interrupt import StopRequest
+from ..paths import make_time_sampler
+from ..rewards import call_reward
+from ..runlog import RunLogger
+from ..sampling import autocast
+from .buffer import Minibatch, SampleBuffer
+from .roles import ModelRoles
+
+
+class FinetuneLoop(ABC):
+    """The state a fine-tuning run advances, and the loop that advances it.
+
+    Subclasses provide :meth:`_shape`, :meth:`evaluate_and_record` and :meth:`save_checkpoint`.
+    """
+
+    config: FinetuneConfig
+    algorithm: Algorithm
+    roles: ModelRoles
+    optim: runtime.Optimization
+    dist: dist_util.DistContext
+    device: torch.device
+    generator: torch.Generator
+    reward_fn: Any
+    reward_name: str
+    prompts: Any  # a prompt set with draw(n, generator) -> Cond, or None (unconditional)
+    run_dir: Path
+    progress: bool
+
+    def _init_loop_state(self) -> None:
+        cfg = self.config
+        self.local_batch = dist_util.split(cfg.batch_size, self.dist, "batch_size")
+        self.local_buffer = dist_util.split(cfg.buffer_size, self.dist, "buffer_size") if cfg.buffer_size else None
+        self.time_sampler = make_time_sampler(cfg.time_sampler)
+        self.sampler = SamplerSettings(cfg.sampling.solver, cfg.sampling.steps, cfg.sampling.batch_size,
+                                       cfg.sampling.precision)
+        self.step = 0
+        self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
+        self.buffer: SampleBuffer | None = None
+        self.history: list[dict[str, Any]] = []  # one row per evaluation: epoch 0 is "before"
+        self.reward_evaluations = 0
+        self.dropped_samples = 0
+        self._noted = False  # the algorithm's one-time log remark (e.g. the loss was rescaled to stay in range)
+        self._running: dict[str, torch.Tensor] | None = None  # sums of the logged numbers since the last log
+        self._running_count = 0
+
+    @abstractmethod
+    def _shape(self) -> tuple[int, ...]: ...
+
+    @abstractmethod
+    def evaluate_and_record(self, logger: RunLogger, epoch: int) -> None: ...
+
+    @abstractmethod
+    def save_checkpoint(self, path: str | Path) -> Path: ...
+
+    # ------------------------------------------------------------------------------------------------------------
+    # refresh, collect, score, minibatch
+
+    def _collect(self, n: int) -> SampleBuffer:
+        """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them."""
+        x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
+        cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
+        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.sampler)
+        rewards, valid = self._score(x1, cond)
+        if valid is not None:
+            x1, cond = x1[valid.to(x1.device)], index_cond(cond, torch.nonzero(valid).flatten())
+            rewards = rewards[valid.to(self.device)]
+        return SampleBuffer(x1, rewards, self.generator, cond=cond)
+
+    def _score(self, x1: torch.Tensor, cond: Cond | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rewards (N,) of the policy's samples, and the mask of valid ones when some were dropped (the only
+        place the reward is called during training)."""
+        error: Exception | None = None
+        try:
+            scored = call_reward(self.reward_fn, x1, name=self.reward_name, step=self.step,
+                                 on_bad=self.config.on_bad_reward, cond=cond)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks have been told
+            error = err
+        # Every rank learns whether any reward failed, so that none waits for ever in the next collective.
+        if dist_util.any_rank(error is not None, self.dist, self.device):
+            if error is not None:
+                raise error
+            raise dist_util.RankFailed(f"rank {self.dist.rank}: stopped because another rank's reward failed at step "
+                                       f"{self.step} (that rank printed the error)")
+        self.reward_evaluations += x1.shape[0]
+        if scored.num_bad:
+            self.dropped_samples += scored.num_bad
+            return scored.values.to(self.device), scored.valid
+        return scored.values.to(self.device), None
+
+    def _next_batch(self) -> Minibatch:
+        """Refresh the policy and its samples when due, then the next minibatch."""
+        cfg = self.config
+        # train() sets steps_per_epoch; run_steps() alone falls back to the config's
+        period = cfg.refresh_every or self.steps_per_epoch or cfg.steps_per_epoch
+        due = self.step % period == 0
+        if due:
+            self.roles.refresh_policy()
+        # A resumed run without its buffer (another number of processes) re-samples from the restored policy.
+        if due or self.buffer is None or cfg.buffer_size is None:
+            self.buffer = self._collect(self.local_buffer or self.local_batch)
+            self.algorithm.refresh(self.buffer)
+        return self.buffer.next(min(self.local_batch, len(self.buffer)))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # loss, step, log
+
+    def run_steps(self, n: int, *, logger: RunLogger | None = None, bar: Any = None, total: int | None = None,
+                  log: bool | None = None, stop: StopRequest | None = None) -> None:
+        """``n`` gradient steps: refresh when due, minibatch, loss, update (no evaluation, no checkpoint).
+
+        Nothing is read back from the device except every ``log_every`` steps (and at the step ``total``), when
+        the running means (averaged over ranks) are logged to ``logger``: the hot loop never waits for the
+        accelerator. ``log`` (default: whether there is a logger) must be the same on every rank. With ``stop``,
+        the loop ends early (after a whole step) once a SIGINT/SIGTERM was received.
+        """
+        cfg = self.config
+        log = logger is not None if log is None else log
+        if self._running is None:  # kept across calls: a log interval may straddle an epoch's end
+            self._running = {k: torch.zeros((), device=self.device) for k in self.algorithm.stat_keys}
+        reference = self.roles.reference() if self.algorithm.uses_reference else None
+        for _ in range(n):
+            if runtime.stop_requested(stop, self.dist, self.device):
+                return
+            batch = self._next_batch()
+            x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
+            t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
+            with autocast(self.device, cfg.precision):
+                out = self.algorithm.loss(self.roles.train_net, reference, batch, x0, t, self.generator)
+            grad_norm = self.optim.step(out.loss)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            for key, value in out.stats.items():
+                self._running[key] += value
+            self._running_count += 1
+            if log and (self.step % cfg.log_every == 0 or self.step == total):
+                self._log(logger, bar, batch, grad_norm)
+
+    def _log(self, logger: RunLogger | None, bar: Any, batch: Minibatch, grad_norm: torch.Tensor) -> None:
+        """Average the running sums over the interval and the ranks, log them, and start a new interval."""
+        running = self._running
+        means = dist_util.mean_over_ranks({k: v / self._running_count for k, v in running.items()}, self.dist)
+        row = {k: v.item() for k, v in means.items()}
+        row.update(self.algorithm.log_row(row))
+        note = self.algorithm.note(row)
+        if note is not None and not self._noted and logger is not None:
+            self._noted = True
+            logger.note(self.step, note)
+        runtime.check_finite(row["loss"], self.step, "fine-tuning", self.config.learning_rate)
+        row.update(lr=self.optim.lr, grad_norm=float(grad_norm), reward_batch_mean=batch.rewards.mean().item(),
+                   dropped_samples=self.dropped_samples)
+        if logger is not None:
+            logger.log(self.step, row, prefix="train/")
+        if bar is not None:
+            bar.set_postfix({k: f"{row[k]:.4f}" if k == "loss" else f"{row[k]:.2e}" for k in ("loss", "w2") if k in row})
+        for v in running.values():
+            v.zero_()
+        self._running_count = 0
+
+    # ------------------------------------------------------------------------------------------------------------
+    # epochs: evaluate and checkpoint between them
+
+    def train(self, num_epochs: int, steps_per_epoch: int) -> Any:
+        """Fine-tune for ``num_epochs`` epochs of ``steps_per_epoch`` gradient steps (continues after a resume).
+
+        Writes into ``run_dir`` (``savedir``/``run_name``): ``config.yaml``, ``metrics.jsonl``, TensorBoard events,
+        ``samples/epoch_NNN.png``, ``curves.png``, ``checkpoints/step_N`` after every epoch and ``summary.json``.
+        """
+        for name, value in (("num_epochs", num_epochs), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        cfg = self.config
+        self._shape()
+        total = num_epochs * steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch
+        main = self.dist.is_main  # with several processes only rank 0 evaluates and writes
+        if main:
+            runtime.make_run_dir(self.run_dir)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        logging = (RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+                             run_name=cfg.run_name, config=to_dict(cfg)) if main else nullcontext(None))
+        with logging as logger, StopRequest() as stop:
+            if not self.history and main:
+                self.evaluate_and_record(logger, epoch=0)
+            with tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main), unit="step",
+                      desc=f"finetune {self.reward_name}") as bar:
+                while self.step < total:
+                    # up to the end of the epoch: evaluation and checkpoints happen only between epochs
+                    self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
+                                   logger=logger, bar=bar, total=total, log=True, stop=stop)
+                    if runtime.stop_requested(stop, self.dist, self.device):  # the exact state, then out
+                        runtime.interrupt(stop, self.step, self._save_during_run, self.dist)
+                    if self.step % steps_per_epoch == 0:
+                        if main:
+                            self.evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
+                        self._save_during_run()  # collective: every rank
+                        dist_util.barrier(self.dist)
+        self.history = dist_util.broadcast_object(self.history, self.dist)  # every rank returns the same summary
+
+    def _save_during_run(self) -> Path:
+        """The periodic checkpoint (every rank); a failed write stops the run with one line naming what is kept."""
+        path = ckpt.step_dir(self.run_dir, self.step)
+        return runtime.save_and_prune(lambda: self.save_checkpoint(path), path, self.run_dir,
+                                      self.config.keep_checkpoints, self.dist)

@@ -1,0 +1,87 @@
+"""The headline numbers of a fine-tuning run (``summary.json``) and the before/after table printed at its end."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Metrics shown in the summary table when the evaluation measured them (key, label).
+SUMMARY_EXTRA_ROWS = (
+    ("gold_target_fraction", "target fraction, gold classifier (held out)"),
+    ("vendi", "Vendi score"),
+    ("class_entropy", "class entropy (nats)"),
+    ("w2_to_reference", "empirical W2 to reference (N-sample sets, same noise)"),
+    ("w2_to_reference_floor", "its floor: empirical W2 between two independent reference N-sample sets"),
+    ("digits_fd_data", "digits-FD to the data (all classes)"),
+    ("digits_fd_target", "digits-FD to the target classes' data"),
+)
+
+
+def numbers(row: Mapping[str, Any]) -> dict[str, float]:
+    """The plain numbers of a history row (epoch and step left out)."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    """The headline numbers of a run (written to ``summary.json``)."""
+
+    reward: str
+    w2_coefficient: float
+    temperature: float
+    epochs: int
+    steps: int
+    reward_evaluations: int
+    reward_mean_before: float
+    reward_mean_after: float
+    diversity_before: float
+    diversity_after: float
+    wall_seconds: float
+    target_fraction_before: float | None = None
+    target_fraction_after: float | None = None
+    class_histogram_after: list[float] | None = None
+    dropped_samples: int = 0
+    metrics_before: dict[str, float] | None = None  # every scalar of the first evaluation (epoch 0)
+    metrics_after: dict[str, float] | None = None  # and of the last
+    weighting: str = "paper"  # what alpha is measured against (finetune/weights.py)
+    evaluated_weights: str = "raw"  # the weights every evaluation measured: ema when the run keeps an EMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def table(self) -> str:
+        """A small Markdown table: before / after for each metric."""
+        rows = [("reward mean", self.reward_mean_before, self.reward_mean_after),
+                ("diversity (mean pairwise distance)", self.diversity_before, self.diversity_after)]
+        if self.target_fraction_before is not None:
+            rows.insert(1, ("target fraction", self.target_fraction_before, self.target_fraction_after))
+        before, after = self.metrics_before or {}, self.metrics_after or {}
+        for key, label in SUMMARY_EXTRA_ROWS:
+            if key in before and key in after:
+                rows.append((label, before[key], after[key]))
+        lines = ["| metric | before | after |", "|---|---|---|"]
+        lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
+        if self.class_histogram_after is not None:
+            lines.append("| class histogram after | | " + " ".join(f"{i}:{f:.0%}" for i, f in enumerate(self.class_histogram_after)) + " |")
+        lines.append(f"| alpha / tau / weighting / epochs / steps | | {self.w2_coefficient:g} / {self.temperature:g} / "
+                     f"{self.weighting} / {self.epochs} / {self.steps} |")
+        lines.append(f"| reward evaluations / wall time | | {self.reward_evaluations} / {self.wall_seconds:.0f} s |")
+        return "\n".join(lines)
+
+
+def summarise(history: list[dict[str, Any]], *, reward: str, config: Any, epochs: int, steps: int,
+              reward_evaluations: int, dropped_samples: int, wall_seconds: float,
+              evaluated_weights: str) -> FinetuneSummary:
+    """Before/after numbers from the evaluation history (first row: before training; last: after)."""
+    first, last = history[0], history[-1]
+    return FinetuneSummary(
+        reward=reward, w2_coefficient=config.w2_coefficient, temperature=config.temperature,
+        epochs=epochs, steps=steps, reward_evaluations=reward_evaluations,
+        reward_mean_before=first["reward_mean"], reward_mean_after=last["reward_mean"],
+        diversity_before=first["diversity"], diversity_after=last["diversity"], wall_seconds=wall_seconds,
+        target_fraction_before=first.get("target_fraction"), target_fraction_after=last.get("target_fraction"),
+        class_histogram_after=last.get("class_histogram"), dropped_samples=dropped_samples,
+        metrics_before=numbers(first), metrics_after=numbers(last), weighting=config.weighting,
+        evaluated_weights=evaluated_weights,
+    )
