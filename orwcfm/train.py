@@ -18,7 +18,6 @@ grid ``RUN/samples.png``, ``RUN/metrics.jsonl`` and TensorBoard events.
 from __future__ import annotations
 
 import math
-import signal
 from contextlib import nullcontext
 import time
 from dataclasses import dataclass
@@ -32,12 +31,13 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist_util
+from . import runtime
 from .conditions import Labels, index_cond
 from .config import PretrainConfig, to_dict
 from .couplings import get_coupling
 from .data import DataSource, load_dataset
 from .errors import UserError
-from .interrupt import Interrupted, StopRequest
+from .interrupt import StopRequest
 from .models import ModelSpec, build_model, default_spec, num_parameters
 from .models.base import call_field
 from .paths import StraightPath, make_time_sampler
@@ -141,29 +141,21 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     main = ctx.is_main
     batch_size = dist_util.split(config.batch_size, ctx, "batch_size")
     if main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create output folder {run_dir}: {err.strerror}") from None
+        runtime.make_run_dir(run_dir)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    rank_seed = config.seed + ctx.rank * dist_util.SEED_STRIDE
-    torch.manual_seed(rank_seed)  # dropout and any other global-RNG use
-    generator = torch.Generator().manual_seed(rank_seed)  # data, noise and times: CPU, device independent
+    generator = runtime.seed_rank(config.seed, ctx)  # data, noise and times: CPU, device independent
 
     classes = condition_classes(config, data)
     spec = resolve_model_spec(config, data)
     model = build_model(spec).to(device)
-    net: nn.Module = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = runtime.wrap_ddp(model, ctx, device)
     ema = make_ema(model, config.ema_decay)
     # plain (multi-tensor) Adam: the built-in references' cached weights were trained with it
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_schedule(config.warmup_steps, config.steps, config.lr_schedule))
+    optim = runtime.Optimization(model, optimizer, scheduler, config.grad_clip, ema)
     path = StraightPath(config.sigma_min)
     time_sampler = make_time_sampler(config.time_sampler)
     coupling = get_coupling(config.coupling)
@@ -171,7 +163,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
 
     start_step = 0
     if resume:
-        start_step = _restore(run_dir, model, ema, optimizer, scheduler, generator, ctx)
+        start_step = _restore(run_dir, model, optim, generator, ctx)
     if main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
@@ -179,24 +171,15 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
         ranks = dist_util.gather_objects(generator.get_state(), ctx)  # collective: every rank
         if not main:
             return ckpt.step_dir(run_dir, step)
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "host_rng": ckpt.host_rng_state(),  # random / np.random, for rewards that use them
-            "ema_n_averaged": ema.n_averaged.cpu() if ema is not None else torch.tensor(0),
-        }
+        state = {**optim.state_dict(), **runtime.rng_state(generator)}
         if ctx.enabled:
             state["rank_generators"] = ranks
         where = ckpt.step_dir(run_dir, step)
-        out = ckpt.save_or_explain(lambda: ckpt.save_checkpoint(
+        return runtime.save_and_prune(lambda: ckpt.save_checkpoint(
             where, model=model, ema_model=ema.module if ema is not None else None,
             spec=spec, kind="pretrain", step=step, config=resolved, train_state=state,
             extra={"data": {"name": data.name, "kind": data.kind, "shape": list(data.shape)}, "world_size": ctx.world_size}),
-            where, run_dir)
-        ckpt.prune_checkpoints(run_dir, config.keep_checkpoints)
-        return out
+            where, run_dir, config.keep_checkpoints, ctx)
 
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -207,12 +190,8 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             tqdm(total=config.steps, initial=start_step, disable=not (progress and main),
                  desc=f"pretrain {data.name}", unit="step") as bar:
         for step in range(start_step, config.steps):
-            if dist_util.any_rank(stop.signum is not None, ctx, device):  # SIGINT / SIGTERM: save the exact state
-                where = save(step)
-                dist_util.barrier(ctx)
-                signum = stop.signum or signal.SIGTERM
-                raise Interrupted(f"{signal.Signals(signum).name} at step {step}: checkpoint written to {where}; "
-                                  "continue with --resume", signum)
+            if runtime.stop_requested(stop, ctx, device):  # SIGINT / SIGTERM: save the exact state, then out
+                runtime.interrupt(stop, step, lambda: save(step), ctx)
             x1, cond = draw_batch(data, batch_size, generator, classes, config.condition_dropout, device)
             x0 = torch.randn(x1.shape, generator=generator).to(device)
             pair = coupling(x0, x1, groups=None if cond is None else cond.group_ids())  # OT within each class
@@ -221,13 +200,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             target = path.sample(pair.x0, pair.x1, t)
 
             loss = (call_field(net, t, target.x_t, cond) - target.u_t).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            grad_norm = optim.step(loss)
 
             loss_sum += loss.detach()
             loss_count += 1
@@ -235,9 +208,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 last_loss = dist_util.mean_over_ranks({"loss": loss_sum / loss_count}, ctx)["loss"].item()
-                if not math.isfinite(last_loss):
-                    raise RuntimeError(f"pretraining diverged at step {done}: loss is {last_loss}; "
-                                       f"try a smaller learning_rate (now {config.learning_rate})")
+                runtime.check_finite(last_loss, done, "pretraining", config.learning_rate)
                 if logger is not None:
                     logger.log(done, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm})
                 bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -266,8 +237,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path, *, resume: bool = Fals
     )
 
 
-def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+def _restore(run_dir: Path, model: nn.Module, optim: runtime.Optimization, generator: torch.Generator,
              ctx: dist_util.DistContext = dist_util.DistContext()) -> int:
     """Load the newest intact checkpoint of ``run_dir`` into the live objects; return its step.
 
@@ -279,15 +249,9 @@ def _restore(run_dir: Path, model: nn.Module, ema: AveragedModel | None, optimiz
     if state is None:
         raise UserError(f"checkpoint {loaded.path} has no training state to resume from")
     ckpt.load_weights(model, loaded.weights, source=str(loaded.path))
-    if ema is not None and loaded.ema_weights is not None:
-        ckpt.load_weights(ema.module, loaded.ema_weights, source=str(loaded.path))
-        ema.n_averaged.copy_(state["ema_n_averaged"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    optim.load_state_dict(state, loaded.ema_weights, str(loaded.path))
     streams = state.get("rank_generators") or [state["generator"]]
     if ctx.rank < len(streams):
         generator.set_state(streams[ctx.rank])
-    torch.set_rng_state(state["torch_rng"])
-    if "host_rng" in state:
-        ckpt.set_host_rng_state(state["host_rng"])
+    runtime.restore_global_rng(state)
     return loaded.step
