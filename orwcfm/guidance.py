@@ -16,6 +16,12 @@ from .errors import UserError
 from .models.base import call_field
 
 
+def check_guidance(scale: float) -> None:
+    """One line unless ``scale`` is a number >= 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+        raise UserError(f"guidance scale must be a number >= 0 (1 = no guidance), got {scale!r}")
+
+
 class ClassifierFreeGuidance(nn.Module):
     """Wrap a conditional field: ``ClassifierFreeGuidance(field, scale)(t, x, cond)``; t (B,), x and v (B, *shape).
 
@@ -24,8 +30,7 @@ class ClassifierFreeGuidance(nn.Module):
 
     def __init__(self, field: nn.Module, scale: float) -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
-            raise UserError(f"guidance scale must be a number >= 0 (1 = no guidance), got {scale!r}")
+        check_guidance(scale)
         self.field = field
         self.scale = float(scale)
 
@@ -38,3 +43,12 @@ class ClassifierFreeGuidance(nn.Module):
         if self.scale == 0.0:
             return v_null
         return v_null + self.scale * (call_field(self.field, t, x, cond) - v_null)
+
+
+def guided(field: nn.Module, scale: float, cond: Cond | None) -> nn.Module:
+    """``field`` with classifier-free guidance at ``scale`` for conditional sampling; the field itself when there
+    are no conditions or ``scale`` is 1 (the conditional field: no extra pass, nothing wrapped)."""
+    check_guidance(scale)
+    if cond is None or scale == 1.0:
+        return field
+    return ClassifierFreeGuidance(field, scale)

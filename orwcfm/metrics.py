@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -250,25 +251,29 @@ class W2Bound:
 
 @torch.no_grad()
 def w2_bound(model: nn.Module, reference: nn.Module, noise: torch.Tensor, *, solver: str = "midpoint",
-             steps: int = 10, reference_samples: torch.Tensor | None = None, trajectory: ODEResult | None = None) -> W2Bound:
+             steps: int = 10, reference_samples: torch.Tensor | None = None, trajectory: ODEResult | None = None,
+             cond: Any = None) -> W2Bound:
     """Integrate ``model`` from ``noise`` (N, *shape), evaluate both fields on its trajectory, and integrate
-    the squared difference over t with the trapezoid rule on the solver's grid.
+    the squared difference over t with the trapezoid rule on the solver's grid (under conditions ``cond``, one per
+    sample, for conditional fields).
 
     ``reference_samples`` (the reference integrated from the same noise) is computed when not given;
     ``trajectory`` (``integrate(model, noise, ..., return_trajectory=True)``) is reused when given.
     """
+    from .models.base import call_field
     from .sampling import integrate
 
-    ode = trajectory if trajectory is not None else integrate(model, noise, solver=solver, steps=steps, return_trajectory=True)
+    ode = trajectory if trajectory is not None else integrate(model, noise, solver=solver, steps=steps,
+                                                              return_trajectory=True, cond=cond)
     if ode.trajectory is None or len(ode.samples) != len(noise):
         raise ValueError("w2_bound needs the trajectory of the model from the same noise (return_trajectory=True)")
     per_time = []
     for t, x in zip(ode.times.tolist(), ode.trajectory):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
-        per_time.append((model(tt, x) - reference(tt, x)).double().pow(2).flatten(1).sum(1).mean().item())
+        per_time.append((call_field(model, tt, x, cond) - call_field(reference, tt, x, cond)).double().pow(2).flatten(1).sum(1).mean().item())
     times = ode.times.double().cpu()
     integral = float(torch.trapezoid(torch.tensor(per_time, dtype=torch.float64), times))
     if reference_samples is None:
-        reference_samples = integrate(reference, noise, solver=solver, steps=steps).samples
+        reference_samples = integrate(reference, noise, solver=solver, steps=steps, cond=cond).samples
     coupled = (ode.samples - reference_samples).double().pow(2).flatten(1).sum(1).mean().item()
     return W2Bound(integral=integral, coupled_sq=coupled, per_time=per_time, times=times.tolist())

@@ -34,7 +34,10 @@ from torch import nn
 
 from ..metrics import (RewardStats, class_entropy, empirical_w2, frechet_distance, mean_pairwise_distance, median_distance,
                        reward_stats, vendi_score, w2_bound)
+from ..conditions import Cond, chunk_cond
+from ..errors import UserError
 from ..rewards import call_reward
+from ..rewards.base import takes_condition
 from .. import sampling
 from ..sampling import integrate
 
@@ -99,10 +102,24 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
-def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, batch_size: int = 1000) -> torch.Tensor:
-    """Integrate ``model`` (in eval mode) from ``noise`` (N, *shape) in chunks; returns (N, *shape)."""
+def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, batch_size: int = 1000,
+             cond: Cond | None = None) -> torch.Tensor:
+    """Integrate ``model`` (in eval mode) from ``noise`` (N, *shape) in chunks (under conditions ``cond``, one per
+    sample); returns (N, *shape)."""
     with eval_mode(model):
-        return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size)
+        return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+
+
+def per_condition_diversity(x: torch.Tensor, cond: Cond) -> list[float]:
+    """Mean pairwise distance within each condition group of ``x`` (N, *shape), in the order of the groups' ids
+    (groups of one sample are left out: they have no pairs)."""
+    groups = cond.group_ids().cpu()
+    out = []
+    for g in torch.unique(groups):
+        members = torch.nonzero(groups == g).flatten()
+        if len(members) > 1:
+            out.append(mean_pairwise_distance(x[members.to(x.device)]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -124,25 +141,26 @@ class ReferenceSet:
 
 @torch.no_grad()
 def reference_w2_floor(reference: nn.Module, reference_samples: torch.Tensor, floor_noise: torch.Tensor, *, solver: str,
-                    steps: int, batch_size: int = 1000) -> float:
+                    steps: int, batch_size: int = 1000, cond: Cond | None = None) -> float:
     """Empirical W2 between ``reference_samples`` (N, *shape) and the reference integrated from ``floor_noise``
     (N, *shape, drawn independently of the noise that made ``reference_samples``)."""
     if floor_noise.shape != reference_samples.shape:
         raise ValueError(f"the floor needs a second set of the same size: noise {tuple(floor_noise.shape)} "
                          f"vs samples {tuple(reference_samples.shape)}")
-    second = generate(reference, floor_noise, solver=solver, steps=steps, batch_size=batch_size)
+    second = generate(reference, floor_noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
     return empirical_w2(reference_samples, second)
 
 
 @torch.no_grad()
 def reference_set(reference: nn.Module, noise: torch.Tensor, floor_noise: torch.Tensor, *, solver: str, steps: int,
-                  batch_size: int = 1000) -> ReferenceSet:
+                  batch_size: int = 1000, cond: Cond | None = None) -> ReferenceSet:
     """Integrate ``reference`` from the evaluation ``noise`` (N, *shape) and from independent ``floor_noise``
-    (same shape); see :class:`ReferenceSet`."""
+    (same shape), both under the evaluation's conditions ``cond``; see :class:`ReferenceSet`."""
     if torch.equal(noise.cpu(), floor_noise.cpu()):
         raise ValueError("the floor noise must be independent of the evaluation noise, got the same tensor")
-    samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
-    floor = reference_w2_floor(reference, samples, floor_noise, solver=solver, steps=steps, batch_size=batch_size)
+    samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+    floor = reference_w2_floor(reference, samples, floor_noise, solver=solver, steps=steps, batch_size=batch_size,
+                               cond=cond)
     return ReferenceSet(samples, median_distance(samples), floor)
 
 
@@ -150,7 +168,8 @@ def reference_set(reference: nn.Module, noise: torch.Tensor, floor_noise: torch.
 def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, steps: int,
              name: str = "reward", step: int = 0, batch_size: int = 1000, reference: nn.Module | None = None,
              reference_samples: torch.Tensor | None = None, vendi_bandwidth: float | None = None,
-             judge: Judge | None = None, bound_samples: int = 256, reference_floor: float | None = None) -> Evaluation:
+             judge: Judge | None = None, bound_samples: int = 256, reference_floor: float | None = None,
+             cond: Cond | None = None) -> Evaluation:
     """Integrate ``model`` from the fixed ``noise`` (N, *shape) and measure the samples.
 
     The same noise before and after training makes the comparison paired: differences come from the model,
@@ -160,19 +179,23 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
     the Vendi kernel's scale (pass the reference's median distance so that scores compare across epochs).
     ``reference_floor`` is the reference's W2 floor for this N (:class:`ReferenceSet`); when a reference is given
     without it, it is computed here from noise drawn with seed ``FLOOR_SEED_OFFSET`` (a caller that evaluates
-    repeatedly computes it once with :func:`reference_set` instead).
+    repeatedly computes it once with :func:`reference_set` instead). With conditions ``cond`` (one per noise row)
+    every sample, the reference's included, is drawn under its condition, the reward and the judge see them, and
+    ``diversity_per_condition`` (mean over conditions of the within-condition mean pairwise distance) is measured.
     """
     nets = (model,) if reference is None else (model, reference)
     with eval_mode(*nets):
         # The first `bound_samples` are integrated with their trajectory kept: the W2 bound reuses it.
         n_bound = min(len(noise), bound_samples) if reference is not None else 0
-        head = integrate(model, noise[:n_bound], solver=solver, steps=steps, return_trajectory=True) if n_bound else None
-        rest = generate(model, noise[n_bound:], solver=solver, steps=steps, batch_size=batch_size) if n_bound < len(noise) else None
+        head = integrate(model, noise[:n_bound], solver=solver, steps=steps, return_trajectory=True,
+                         cond=chunk_cond(cond, 0, n_bound)) if n_bound else None
+        rest = generate(model, noise[n_bound:], solver=solver, steps=steps, batch_size=batch_size,
+                        cond=chunk_cond(cond, n_bound, len(noise))) if n_bound < len(noise) else None
         x = torch.cat([p for p in (head.samples if head else None, rest) if p is not None])
         distances: dict[str, float] = {}
         if reference is not None:
             if reference_samples is None:
-                reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size)
+                reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
             distances["w2_to_reference"] = empirical_w2(x, reference_samples)
             if reference_floor is None:
                 gen = torch.Generator().manual_seed(FLOOR_SEED_OFFSET)
@@ -180,14 +203,23 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
                 if torch.equal(floor_noise, noise.cpu()):  # the caller drew its noise with this very seed
                     floor_noise = torch.randn(noise.shape, generator=gen)
                 reference_floor = reference_w2_floor(reference, reference_samples, floor_noise.to(noise.device),
-                                                     solver=solver, steps=steps, batch_size=batch_size)
+                                                     solver=solver, steps=steps, batch_size=batch_size, cond=cond)
             distances["w2_to_reference_floor"] = reference_floor
             bound = w2_bound(model, reference, noise[:n_bound], solver=solver, steps=steps,
-                             reference_samples=reference_samples[:n_bound], trajectory=head)
+                             reference_samples=reference_samples[:n_bound], trajectory=head,
+                             cond=chunk_cond(cond, 0, n_bound))
             distances["w2_bound"] = bound.integral
             distances["coupled_sq"] = bound.coupled_sq
-    scored = call_reward(reward_fn, x, name=name, step=step, on_bad="drop")  # NaNs are left out of the statistics
-    task = dict(reward_fn.metrics(x)) if hasattr(reward_fn, "metrics") else {}
+    # NaNs are left out of the statistics
+    scored = call_reward(reward_fn, x, name=name, step=step, on_bad="drop", cond=cond)
+    task: dict[str, Any] = {}
+    if hasattr(reward_fn, "metrics"):
+        with_cond = cond is not None and takes_condition(reward_fn.metrics)
+        task.update(reward_fn.metrics(x, cond) if with_cond else reward_fn.metrics(x))
+    if cond is not None:
+        per = per_condition_diversity(x, cond)
+        if per:
+            task["diversity_per_condition"] = sum(per) / len(per)
     if judge is not None:
         task.update(judge(x, reference_samples))
     return Evaluation(
@@ -260,17 +292,47 @@ class DigitsJudge:
         return out
 
 
-def make_judge(event_shape: tuple[int, ...] | None, reward_fn: Any = None,
-               cache: str | Path | None = None) -> DigitsJudge | None:
-    """A :class:`DigitsJudge` for single-channel digit samples: 8x8 (``digits``) or 28x28 (``mnist5k``), with that
-    data set's reward and gold classifiers and real digits; else ``None``."""
-    datasets = {(1, 8, 8): "digits", (1, 28, 28): "mnist5k"}
-    if event_shape is None or tuple(event_shape) not in datasets:
+JUDGE_SETTINGS = ("auto", "none", "digits", "mnist5k")
+
+
+def pretrained_on(loaded: Any) -> str | None:
+    """The data set a pretraining checkpoint (:class:`~orwcfm.checkpoint.Checkpoint`) was trained on, if recorded."""
+    data = loaded.meta.get("data") if loaded is not None else None
+    return data.get("name") if isinstance(data, dict) else None
+
+
+def judge_dataset(setting: str, reward_fn: Any = None, reference_data: str | None = None) -> str | None:
+    """The labelled digit set whose classifiers judge a run's samples, from the task's configuration.
+
+    ``setting`` (config ``judge``): ``auto`` takes the reward's data set (the digits rewards carry one, e.g.
+    ``digits-even`` with ``dataset: mnist5k``), else the data set the reference was pretrained on when that is a
+    labelled digit set (``reference_data``, from its checkpoint), else no judge; ``none`` is no judge; ``digits``
+    or ``mnist5k`` names the set. The samples' shape never decides.
+    """
+    from ..assets import DIGIT_DATASETS
+
+    if setting not in JUDGE_SETTINGS:
+        raise UserError(f"judge must be one of {', '.join(JUDGE_SETTINGS)}, got {setting!r}")
+    if setting == "none":
         return None
-    dataset = datasets[tuple(event_shape)]
-    from ..assets import gold_classifier, split_classifier
+    if setting != "auto":
+        return setting
+    for candidate in (getattr(reward_fn, "dataset", None), reference_data):
+        if candidate in DIGIT_DATASETS:
+            return candidate
+    return None
+
+
+def make_judge(dataset: str | None, reward_fn: Any = None, cache: str | Path | None = None) -> DigitsJudge | None:
+    """A :class:`DigitsJudge` for samples of the digit set ``dataset`` (``digits`` 8x8 or ``mnist5k`` 28x28,
+    see :func:`judge_dataset`), with that data set's reward and gold classifiers and real digits; None for None."""
+    if dataset is None:
+        return None
+    from ..assets import DIGIT_DATASETS, gold_classifier, split_classifier
     from ..data import load_dataset
 
+    if dataset not in DIGIT_DATASETS:
+        raise UserError(f"no judge for data set {dataset!r}: judges exist for {', '.join(DIGIT_DATASETS)}")
     data = load_dataset(dataset)
     return DigitsJudge(split_classifier(dataset, "reward", cache).model, gold_classifier(cache, dataset=dataset).model,
                        data.x, targets=getattr(reward_fn, "targets", None),
@@ -315,15 +377,15 @@ class CheckpointEvaluation:
 
 def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samples: int = 1000, seed: int = 0,
                         weights: str | None = None, solver: str | None = None, steps: int | None = None,
-                        cache: str | Path | None = None, device: str = "cpu") -> CheckpointEvaluation:
+                        cache: str | Path | None = None, device: str = "cpu", judge: str | None = None) -> CheckpointEvaluation:
     """Sample ``num_samples`` from a checkpoint (fixed ``seed``) and measure everything :func:`evaluate` can.
 
     The reward is ``reward`` (a name) or the one the run was fine-tuned with; for a fine-tuning checkpoint the
     reference it recorded is loaded too, and the distances to it are measured from the same noise; the W2 floor
-    uses the next ``num_samples`` draws of the same seeded stream as its independent noise.
+    uses the next ``num_samples`` draws of the same seeded stream as its independent noise. ``judge``: see
+    :func:`judge_dataset` (default: the run's own setting, else ``auto``).
     """
     from ..checkpoint import load_checkpoint
-    from ..errors import UserError
     from ..rewards import load_reward
     from ..sampling import check_solver
 
@@ -347,7 +409,7 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_samples, *shape), generator=gen).to(device)
 
-    reference = ref = None
+    reference = ref = ref_ckpt = None
     ref_info = loaded.meta.get("reference") if kind == "finetune" else None
     if ref_info and ref_info.get("path"):
         ref_ckpt = load_checkpoint(ref_info["path"])
@@ -356,7 +418,9 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
         ref = reference_set(reference, noise, floor_noise, solver=solver, steps=steps)
     ev = evaluate(model, reward_fn, noise, solver=solver, steps=steps, name=reward_name, reference=reference,
                   reference_samples=ref.samples if ref else None, vendi_bandwidth=ref.bandwidth if ref else None,
-                  reference_floor=ref.w2_floor if ref else None, judge=make_judge(shape, reward_fn, cache))
+                  reference_floor=ref.w2_floor if ref else None,
+                  judge=make_judge(judge_dataset(judge or config.get("judge", "auto"), reward_fn,
+                                                 pretrained_on(ref_ckpt or loaded)), reward_fn, cache))
     return CheckpointEvaluation(
         checkpoint=str(loaded.path), kind=kind, step=loaded.meta.get("step"), weights=which, reward=reward_name,
         num_samples=num_samples, seed=seed, solver=solver, steps=steps,

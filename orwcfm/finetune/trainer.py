@@ -31,6 +31,7 @@ from ..algorithms import make_algorithm
 from ..config import FinetuneConfig, finetune_config
 from ..couplings import get_coupling
 from ..errors import UserError
+from ..guidance import guided
 from ..models import ModelSpec
 from ..paths import StraightPath
 from ..plotting import save_curves, save_samples
@@ -39,7 +40,7 @@ from ..runlog import RunLogger
 from ..sampling import check_solver, generate
 from ..train import make_adam, warmup_schedule
 from . import state as run_state
-from .evaluate import Evaluation, ReferenceSet, eval_mode, evaluate, make_judge
+from .evaluate import Evaluation, ReferenceSet, eval_mode, evaluate, judge_dataset, make_judge, pretrained_on
 from .loop import FinetuneLoop
 from .roles import CopyRoles
 from .summary import SUMMARY_EXTRA_ROWS, FinetuneSummary, summarise
@@ -119,6 +120,7 @@ class ORWCFMTrainer(FinetuneLoop):
                                compile=cfg.compile, dist=self.dist)
         self.event_shape = tuple(event_shape) if event_shape else infer_event_shape(model)
         self.spec: ModelSpec | None = None
+        self.reference_data: str | None = None  # the data set the reference was pretrained on (picks the judge)
         self.reference_identity: dict[str, Any] = {"path": None, "weights": None, "sha256": fingerprint(self.reference)}
         self.reward_fn, self.reward_name = resolve_reward(cfg, reward_fn, cache)
 
@@ -164,6 +166,7 @@ class ORWCFMTrainer(FinetuneLoop):
         if source.is_dir():
             loaded = ckpt.load_checkpoint(source)
             state, source = loaded.state_dict(which), loaded.path
+            self.reference_data = pretrained_on(loaded)
             if loaded.spec is not None:
                 self.spec = loaded.spec
                 self.event_shape = self.event_shape or tuple(loaded.spec.event_shape)
@@ -195,22 +198,30 @@ class ORWCFMTrainer(FinetuneLoop):
         return self.roles.current()
 
     @torch.no_grad()
-    def sample(self, n: int, *, use_ema: bool | None = None, seed: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, use_ema: bool | None = None, seed: int | None = None, cond: Any = None) -> torch.Tensor:
         """``n`` samples (n, *shape) of the run's model (the EMA when the run keeps one, unless ``use_ema=False``),
-        with the configured solver."""
+        with the configured solver and guidance; a conditional run draws them under ``cond`` (default: spread
+        evenly over its prompts)."""
         use_ema = self.ema is not None if use_ema is None else use_ema
         net = self.ema.module if use_ema and self.ema is not None else self.model
         # never the training generator: looking at samples mid-run must not change the run
         gen = torch.Generator().manual_seed(seed) if seed is not None else self._sample_generator
         x0 = torch.randn((n, *self._shape()), generator=gen).to(self.device)
         s = self.config.sampling
+        if cond is None and self.prompts is not None:
+            cond = self.prompts.spread(n, self.device)
         with eval_mode(net):
-            return generate(net, x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size, precision=s.precision)
+            return generate(guided(net, s.guidance, cond), x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size,
+                            precision=s.precision, cond=cond)
 
     def _eval_noise(self) -> torch.Tensor:
         # The same noise at every evaluation, so before/after differences come from the model alone.
         gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
         return torch.randn((self.config.eval_samples, *self._shape()), generator=gen).to(self.device)
+
+    def _eval_cond(self) -> Any:
+        """The evaluation's conditions: spread evenly over the prompts (None for an unconditional run)."""
+        return self.prompts.spread(self.config.eval_samples, self.device) if self.prompts is not None else None
 
     def _reference_eval(self) -> ReferenceSet:
         """The reference's samples on the evaluation noise, their median pairwise distance (the Vendi bandwidth)
@@ -223,20 +234,25 @@ class ORWCFMTrainer(FinetuneLoop):
             noise = self._eval_noise()
             gen = torch.Generator().manual_seed(self.config.seed + FLOOR_SEED_OFFSET)
             floor_noise = torch.randn(noise.shape, generator=gen).to(self.device)
-            self._reference_cache = reference_set(self.reference, noise, floor_noise, solver=s.solver, steps=s.steps,
-                                                  batch_size=s.batch_size or 1000)
+            cond = self._eval_cond()
+            self._reference_cache = reference_set(guided(self.reference, s.guidance, cond), noise, floor_noise,
+                                                  solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000,
+                                                  cond=cond)
         return self._reference_cache
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on the fixed evaluation noise, with distances to the reference."""
-        if self._judge is False:
-            self._judge = make_judge(self.event_shape, self.reward_fn, self.cache)
+        if self._judge is False:  # chosen by the configuration (and the reward's and reference's data set)
+            dataset = judge_dataset(self.config.judge, self.reward_fn, self.reference_data)
+            self._judge = make_judge(dataset, self.reward_fn, self.cache)
         ref = self._reference_eval()
         s = self.config.eval_sampling  # the fixed instrument, whatever sampler the policy uses
-        return evaluate(self.current_model(), self.reward_fn, self._eval_noise(), solver=s.solver, steps=s.steps,
-                        batch_size=s.batch_size or 1000, name=self.reward_name, step=self.step,
-                        reference=self.reference, reference_samples=ref.samples, vendi_bandwidth=ref.bandwidth,
-                        reference_floor=ref.w2_floor, judge=self._judge)
+        cond = self._eval_cond()
+        return evaluate(guided(self.current_model(), s.guidance, cond), self.reward_fn, self._eval_noise(),
+                        solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000, name=self.reward_name,
+                        step=self.step, reference=guided(self.reference, s.guidance, cond),
+                        reference_samples=ref.samples, vendi_bandwidth=ref.bandwidth, reference_floor=ref.w2_floor,
+                        judge=self._judge, cond=cond)
 
     def _refresh_policy(self) -> None:
         self.roles.refresh_policy()

@@ -29,12 +29,13 @@ import torch  # noqa: F401 - used by the doctest above
 from orwcfm.errors import UserError, did_you_mean, unknown_name_error
 from orwcfm.rewards.base import Reward, RewardBatch, RewardError, call_reward, reward_name, takes_condition
 from orwcfm.rewards.clip import ClipReward, clip
-from orwcfm.rewards.digits import DigitsTargetReward, digits_even, digits_odd, digits_target
+from orwcfm.rewards.digits import DigitsAlignReward, DigitsTargetReward, digits_align, digits_even, digits_odd, digits_target
 from orwcfm.rewards.jpeg import ShiftedJpegReward, jpeg_compressibility, jpeg_incompressibility
 from orwcfm.rewards.toy import DistanceReward, LinearReward, RegionReward
 
 __all__ = [
     "ClipReward",
+    "DigitsAlignReward",
     "DigitsTargetReward",
     "DistanceReward",
     "LinearReward",
@@ -69,6 +70,7 @@ REGISTRY: dict[str, Callable[..., Reward]] = {
     "digits-target": digits_target,
     "digits-even": digits_even,
     "digits-odd": digits_odd,
+    "digits-align": digits_align,
     "jpeg-compressibility": _jpeg_compressibility,
     "jpeg-incompressibility": _jpeg_incompressibility,
     "linear": LinearReward,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -139,3 +140,61 @@ def digits_even(log_prob: bool = False, dataset: str = "digits", cache: str | Pa
 def digits_odd(log_prob: bool = False, dataset: str = "digits", cache: str | Path | None = None) -> DigitsTargetReward:
     """Registry factory ``digits-odd``: reward for drawing 1, 3, 5, 7 or 9 (``dataset``: digits or mnist5k)."""
     return _reward("odd", log_prob, dataset, cache)
+
+
+class DigitsAlignReward:
+    """Prompt alignment of digit samples: the classifier's log-probability of the *prompted* digit.
+
+    The CPU-sized analogue of text-image alignment: the conditions are the prompts "a handwritten 0" .. "a
+    handwritten 9" as class labels (:class:`~orwcfm.conditions.Labels`, prompt k = digit k), and
+    ``reward(x, cond)``: x (B, 1, H, W), cond (B,) labels -> (B,) ``log p(cond_i | x_i)`` clamped below at
+    ``log(PROB_FLOOR)`` (``log_prob=False``: the probability itself).
+
+    >>> from orwcfm.conditions import Labels
+    >>> from orwcfm.models import DigitsClassifier
+    >>> reward = DigitsAlignReward(DigitsClassifier())
+    >>> reward(torch.zeros(4, 1, 8, 8), Labels(torch.tensor([0, 1, 2, 3]), 10)).shape
+    torch.Size([4])
+    """
+
+    def __init__(self, classifier: nn.Module, log_prob: bool = True, dataset: str = "digits") -> None:
+        if not isinstance(log_prob, bool):
+            raise UserError(f"digits-align option 'log_prob' must be true or false, got {log_prob!r}")
+        self._scorer = DigitsTargetReward(classifier, "even")  # its per-device classifier copies and log_probs
+        self.log_prob, self.dataset = log_prob, dataset
+        self.name = "digits-align" if dataset == "digits" else f"{dataset}-align"
+
+    def _prompted(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        values = getattr(cond, "values", None)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (x.shape[0],):
+            raise UserError(f"{self.name} needs the prompted digit of every sample (class labels of shape "
+                            f"({x.shape[0]},)): fine-tune with prompts, got conditions {type(cond).__name__}")
+        return values.to(x.device).long()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        prompted = self._prompted(x, cond)
+        chosen = self._scorer.log_probs(x).gather(1, prompted[:, None]).squeeze(1)
+        return chosen.clamp_min(math.log(PROB_FLOOR)) if self.log_prob else chosen.exp()
+
+    @torch.no_grad()
+    def metrics(self, x: torch.Tensor, cond: Any = None) -> dict[str, float | list[float]]:
+        """``alignment``: share of samples whose arg-max class is the prompted digit; ``alignment_per_prompt``:
+        the same per prompted digit (10 values; NaN where no sample had that prompt); ``class_histogram``."""
+        prompted = self._prompted(x, cond)
+        pred = self._scorer.log_probs(x).argmax(dim=-1)
+        hit = (pred == prompted).float()
+        classes = self._scorer._on(x.device)[1].numel()
+        counts = torch.bincount(prompted, minlength=classes).float()
+        per = torch.bincount(prompted, weights=hit, minlength=classes) / counts
+        return {"alignment": float(hit.mean().item()) if len(hit) else 0.0, "alignment_per_prompt": per.tolist(),
+                "class_histogram": (torch.bincount(pred, minlength=classes).float() / max(len(pred), 1)).tolist()}
+
+
+def digits_align(log_prob: bool = True, dataset: str = "digits", cache: str | Path | None = None) -> DigitsAlignReward:
+    """Registry factory ``digits-align``: log-probability of the prompted digit under the cached reward classifier
+    of ``dataset`` (``digits`` or ``mnist5k``); a conditional reward ``reward(x, cond)``."""
+    return DigitsAlignReward(_classifier(cache, dataset), log_prob=log_prob, dataset=dataset)
+
+
+DIGIT_PROMPTS = tuple(f"a handwritten {d}" for d in range(10))  # prompt k is the digit k
