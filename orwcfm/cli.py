@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orwcfm", description="Reward fine-tuning of flow-matching models (ORW-CFM-W2).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="train a flow-matching model on a data set (the reference model)")
+    from .config import FinetuneConfig, PretrainConfig, config_help
+
+    # Every config key, its type, default and help after the flags: the raw formatter keeps the epilog's layout.
+    p = sub.add_parser("pretrain", help="train a flow-matching model on a data set (the reference model)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_help(PretrainConfig))
     p.add_argument("--data", metavar="NAME", help="built-in data set (digits, patches, moons, mnist, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     p.add_argument("--steps", type=int, metavar="N", help="optimisation steps (overrides the config)")
@@ -164,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_run_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained model toward a reward (ORW-CFM-W2)")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model toward a reward (ORW-CFM-W2)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_help(FinetuneConfig))
     p.add_argument("--config", metavar="FILE", help="YAML config (see configs/finetune/)")
     p.add_argument("--ref", metavar="DIR", help="reference checkpoint or run folder, or builtin:NAME (overrides ref_path)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")

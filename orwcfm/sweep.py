@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from .config import FinetuneConfig, finetune_config, numeric_string, parse_overrides, set_dotted, to_dict
+from .config import (FinetuneConfig, fill_defaults, finetune_config, numeric_string, parse_overrides, set_dotted,
+                     to_dict)
 from .errors import UserError, did_you_mean
 
 GRID_FORM = "--grid KEY=V1,V2,... (KEY a fine-tuning config key such as w2_coefficient or sampling.steps)"
@@ -161,9 +162,11 @@ def _status(cell: SweepCell) -> str:
 
     saved = cell.run_dir / "config.yaml"
     if saved.exists():
-        previous = yaml.safe_load(saved.read_text())
-        if previous != to_dict(cell.config):
-            changed = sorted(k for k in set(previous) | set(to_dict(cell.config)) if previous.get(k) != to_dict(cell.config).get(k))
+        # A folder saved before a config key existed lacks it: that key held its default (fill_defaults).
+        previous = fill_defaults(FinetuneConfig, yaml.safe_load(saved.read_text()) or {})
+        current = to_dict(cell.config)
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise UserError(f"{cell.run_dir} was run with other settings ({', '.join(changed)} differ); "
                             "use another --out, or delete that folder to rerun it")
     if (cell.run_dir / "summary.json").exists():

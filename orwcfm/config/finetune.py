@@ -1,0 +1,143 @@
+"""``FinetuneConfig``: ORW-CFM-W2 fine-tuning of a pretrained flow toward a black-box reward."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ..errors import UserError
+from .fields import SHARED_HELP, _in_unit_interval, _non_negative, _positive, dataclass_frozen, setting
+from .sampling import SamplingConfig
+
+
+def _midpoint_x10() -> SamplingConfig:
+    # Policy sampling is most of the cost of a step. Midpoint x 10 (20 network evaluations) is the cheapest
+    # sampler that is not worse than Euler x 100 in digits-FD *and* keeps the fine-tuned model's diversity
+    # (rk4 x 3 passes the first test, not the second): benchmarks/finetune_speed.py, docs/performance.md.
+    return SamplingConfig(solver="midpoint", steps=10)
+
+
+@dataclass_frozen
+class FinetuneConfig:
+    """ORW-CFM-W2 fine-tuning. The first block holds the public ORW-CFM README's keys, as written there."""
+
+    # --- the public README's config dict ---
+    learning_rate: float = setting(2e-4, help="Adam's learning rate (> 0), constant after the warm-up.")
+    warmup_steps: int = setting(
+        0, help="Steps of linear learning-rate warm-up from 0 (>= 0); 0 starts at the full rate (the public "
+                "README's CIFAR setting is 5000).")
+    w2_coefficient: float = setting(
+        1.0, help="alpha, strength of the W2 regulariser alpha ||v - v_ref||^2 that holds the model near the frozen "
+                  "reference (>= 0): 0 is plain ORW-CFM (no reference pass), larger stays closer; under weighting "
+                  "paper what matters is alpha / Z with Z = mean exp(tau r) (logged as train/alpha_relative).")
+    temperature: float = setting(
+        0.5, help="tau of the reward weights exp(tau * r) (>= 0): 0 weights every policy sample alike, larger tilts "
+                  "the model harder toward high reward (and changes Z, see w2_coefficient).")
+    grad_clip: float | None = setting(1.0, help=SHARED_HELP["grad_clip"])
+    batch_size: int = setting(128, help="Policy samples per gradient step (> 0), over all processes (each of N "
+                                        "processes takes batch_size / N).")
+    text_prompts: tuple[str, ...] | None = setting(
+        None, help="Prompts of the CLIP reward, the target then its contrast (at least two), used when reward is "
+                   "null; null = no CLIP reward.")
+    use_wandb: bool = setting(False, help="Also log to Weights & Biases (needs the wandb package); false = "
+                                          "metrics.jsonl and TensorBoard only.")
+    wandb_project: str = setting("orwcfm", help="Weights & Biases project the run logs to when use_wandb is true.")
+    run_name: str | None = setting(None, help="Name of the run: its folder is savedir/run_name (and its wandb "
+                                              "name); null = write into savedir itself.")
+    savedir: str = setting("./results", help="Folder that holds the run folder (savedir/run_name): checkpoints, "
+                                             "metrics, sample grids, summary.")
+    ref_path: str | None = setting(
+        None, help="The pretrained reference the run starts from and is held to: a checkpoint or run folder, "
+                   "builtin:NAME (pretrained and cached on first use), or a torchcfm .pt file (library only); "
+                   "null = none, which the command line refuses.")
+    # --- ours ---
+    ref_weights: Literal["ema", "raw"] = setting(
+        "ema", help="Which weights of the reference are loaded: ema or raw (torchcfm files: ema_model / net_model).")
+    # See orwcfm/finetune/weights.py for what alpha is measured against under each weighting.
+    weighting: Literal["paper", "buffer-normalized", "batch-normalized"] = setting(
+        "paper", help="Reward weights: paper (exp(tau r), the paper's loss), buffer-normalized (exp(tau r) over its "
+                      "mean on the refresh's samples, so alpha is relative; needs buffer_size) or batch-normalized "
+                      "(B softmax(tau r) per minibatch, as earlier orwcfm releases).")
+    reward: str | None = setting(
+        None, help="Reward to maximise: a built-in name (e.g. digits-even, jpeg-compressibility), "
+                   "package.module:function or path/to/file.py:function; null = the CLIP reward of text_prompts.")
+    reward_options: dict[str, Any] = setting(
+        factory=dict, help="Keyword arguments of the reward, e.g. {log_prob: true} or {baseline_kb: 5}; {} = its "
+                           "defaults.")
+    on_bad_reward: Literal["stop", "drop"] = setting(
+        "stop", help="What a NaN or inf reward does: stop the run with one message, or drop those samples (counted "
+                     "in train/dropped_samples).")
+    epochs: int = setting(10, help="Epochs the command line runs (> 0), each followed by an evaluation and a "
+                                   "checkpoint; the library's train() takes num_epochs instead.")
+    steps_per_epoch: int = setting(100, help="Gradient steps per epoch (> 0).")
+    refresh_every: int | None = setting(
+        None, help="Gradient steps between refreshes of the sampling policy from the model (> 0); null = once per "
+                   "epoch.")
+    buffer_size: int | None = setting(
+        None, help="Policy samples drawn and scored per refresh and reused as minibatches until the next one (at "
+                   "least batch_size, over all processes); null = a fresh batch every step.")
+    sampling: SamplingConfig = setting(
+        factory=_midpoint_x10, help="The policy's sampler of the training samples (midpoint x 10: the cheapest that "
+                                    "keeps digits-FD and diversity, docs/performance.md).")
+    # The instrument of every evaluation (before training, after each epoch, orwcfm evaluate): kept apart from the
+    # policy's sampler so that making training cheaper never changes how its results are measured. float32 only.
+    eval_sampling: SamplingConfig = setting(
+        factory=_midpoint_x10, help="The sampler of every evaluation, apart from the policy's so that cheaper "
+                                    "training never changes how results are measured (fp32 only; batch_size null "
+                                    "= 1000 at a time).")
+    coupling: Literal["independent", "ot"] = setting(
+        "independent", help="How noise is paired with the policy's samples: independent, or ot (the exact minibatch "
+                            "optimal-transport assignment; the reward weights then act by resampling before pairing).")
+    sigma_min: float = setting(0.0, help=SHARED_HELP["sigma_min"])
+    time_sampler: Literal["uniform", "logit-normal"] = setting("uniform", help=SHARED_HELP["time_sampler"])
+    # EMA of the fine-tuned weights; null disables. When on, the EMA is the run's model everywhere: the policy refresh,
+    # every evaluation, sample() and `orwcfm evaluate` (one choice, recorded in the run).
+    ema_decay: float | None = setting(
+        None, help="Decay in (0, 1) of an EMA of the fine-tuned weights, which is then the run's model everywhere "
+                   "(policy refresh, evaluations, sample(), orwcfm evaluate); null = no EMA.")
+    finetune_dropout: bool = setting(
+        False, help="Train with the network's dropout on; false keeps it off, as the reference runs, so the W2 term "
+                    "is exactly 0 at the first step.")
+    seed: int = setting(0, help="Seed of the policy noise, minibatch order, x0 and t draws and of the fixed "
+                                "evaluation noise (each process offsets the training streams).")
+    eval_samples: int = setting(500, help="Samples drawn from fixed noise at each evaluation (>= 2: diversity needs "
+                                          "pairs), before training and after every epoch.")
+    log_every: int = setting(10, help=SHARED_HELP["log_every"])
+    keep_checkpoints: int = setting(2, help=SHARED_HELP["keep_checkpoints"])
+    device: str = setting("cpu", help=SHARED_HELP["device"])
+    num_threads: int | None = setting(None, help=SHARED_HELP["num_threads"])
+    precision: Literal["fp32", "bf16"] = setting(
+        "fp32", help="Precision of the training step's forward passes: fp32, or bf16 (autocast; slower on a CPU, "
+                     "meant for GPUs).")
+    compile: bool = setting(False, help="torch.compile the trained model and the policy (about a minute on a CPU, "
+                                        "pays only on long runs); false = eager.")
+    # Added after the first releases: a config saved without it resumes as null (orwcfm.config.saved).
+    event_shape: tuple[int, ...] | None = setting(
+        None, help="Shape of one sample, e.g. [1, 8, 8] or [2], for models without shape attributes (a non-empty "
+                   "list of positive integers); null = read it off the model or the reference checkpoint.")
+
+    def __post_init__(self) -> None:
+        for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "log_every", "keep_checkpoints"):
+            _positive(name, getattr(self, name))
+        for name in ("warmup_steps", "w2_coefficient", "temperature"):
+            _non_negative(name, getattr(self, name))
+        for name in ("grad_clip", "refresh_every", "num_threads", "ema_decay"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.ema_decay is not None and not self.ema_decay < 1.0:
+            raise UserError(f"config key 'ema_decay' must be in (0, 1) or null, got {self.ema_decay}")
+        if self.buffer_size is not None and self.buffer_size < self.batch_size:
+            raise UserError(f"config key 'buffer_size' ({self.buffer_size}) must be at least batch_size ({self.batch_size}) or null")
+        if self.weighting == "buffer-normalized" and self.buffer_size is None:
+            raise UserError("config key 'weighting': 'buffer-normalized' normalises over the samples of one refresh, "
+                            "which needs 'buffer_size' (samples drawn per refresh), but buffer_size is null; set "
+                            "buffer_size, or use weighting 'paper' or 'batch-normalized'")
+        if self.eval_samples < 2:
+            raise UserError(f"config key 'eval_samples' must be at least 2 (diversity needs pairs), got {self.eval_samples}")
+        _in_unit_interval("sigma_min", self.sigma_min)
+        if self.eval_sampling.precision != "fp32":
+            raise UserError(f"config key 'eval_sampling.precision' must be fp32 (evaluations are the fixed instrument; "
+                            f"use sampling.precision to speed up training), got {self.eval_sampling.precision!r}")
+        if self.text_prompts is not None and len(self.text_prompts) < 2:
+            raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
+        if self.event_shape is not None and not (self.event_shape and min(self.event_shape) > 0):
+            raise UserError(f"config key 'event_shape' must be a non-empty list of positive integers, e.g. [1, 8, 8], got {list(self.event_shape)}")

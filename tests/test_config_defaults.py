@@ -1,0 +1,129 @@
+"""The config defaults and presets are pinned: the config package split and the added help texts changed none.
+
+``config_defaults.json`` was written from ``to_dict`` of the former single module ``orwcfm/config.py`` (commit
+b3c0253) before any of it was edited: the default PretrainConfig and FinetuneConfig, every pretraining preset,
+every fine-tuning task and every built-in reference. It is compared with today's code, never recomputed by it.
+Keys added since then (NEW_KEYS) must default to what the code did before they existed.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orwcfm.assets import reference_config
+from orwcfm.config import (
+    BUILTIN_REFERENCES,
+    FINETUNE_PRESETS,
+    PRETRAIN_PRESETS,
+    FinetuneConfig,
+    PretrainConfig,
+    SamplingConfig,
+    fill_defaults,
+    finetune_config,
+    from_dict,
+    pretrain_config,
+    to_dict,
+)
+from orwcfm.errors import UserError
+from orwcfm.sweep import _status, parse_grid, plan_sweep
+
+PINNED = json.loads((Path(__file__).parent / "config_defaults.json").read_text())
+# Fine-tuning keys added after the pinned commit, with the default that keeps the old behaviour.
+NEW_KEYS = {"event_shape": None}
+
+
+def _without_new_keys(settings: dict) -> dict:
+    assert {k: settings[k] for k in NEW_KEYS} == NEW_KEYS
+    return {k: v for k, v in settings.items() if k not in NEW_KEYS}
+
+
+def test_default_pretrain_config_is_pinned():
+    assert to_dict(PretrainConfig()) == PINNED["PretrainConfig"]
+    # a few values spelled out, so that a wrong fixture cannot hide a change
+    cfg = PretrainConfig()
+    assert (cfg.steps, cfg.learning_rate, cfg.ema_decay, cfg.sampling) == (5000, 2e-3, 0.999, SamplingConfig("euler", 100))
+
+
+def test_default_finetune_config_is_pinned():
+    assert _without_new_keys(to_dict(FinetuneConfig())) == PINNED["FinetuneConfig"]
+    cfg = FinetuneConfig()
+    assert (cfg.w2_coefficient, cfg.temperature, cfg.learning_rate, cfg.weighting) == (1.0, 0.5, 2e-4, "paper")
+    assert cfg.sampling == cfg.eval_sampling == SamplingConfig(solver="midpoint", steps=10)
+
+
+def test_every_preset_and_reference_is_pinned():
+    assert sorted(PRETRAIN_PRESETS) == sorted(PINNED["pretrain_presets"])
+    assert sorted(FINETUNE_PRESETS) == sorted(PINNED["finetune_presets"])
+    assert sorted(BUILTIN_REFERENCES) == sorted(PINNED["builtin_references"])
+    for name, pinned in PINNED["pretrain_presets"].items():
+        assert to_dict(pretrain_config(name)) == pinned, name
+    for name, pinned in PINNED["finetune_presets"].items():
+        assert _without_new_keys(to_dict(finetune_config(config_file=name))) == pinned, name
+    for name, pinned in PINNED["builtin_references"].items():
+        assert to_dict(reference_config(name)) == pinned, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# event_shape: the sample shape for models without shape attributes.
+
+
+def test_event_shape_from_yaml_list_and_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("event_shape: [1, 8, 8]\n")
+    assert finetune_config(config_file=f).event_shape == (1, 8, 8)
+    assert finetune_config(overrides=["event_shape=[2]"]).event_shape == (2,)
+    assert finetune_config(overrides=["event_shape=null"]).event_shape is None
+    cfg = finetune_config(overrides=["event_shape=[3, 32, 32]"])
+    assert from_dict(FinetuneConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))) == cfg  # config.yaml round trip
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[]", "config key 'event_shape' must be a non-empty list of positive integers, e.g. [1, 8, 8], got []"),
+    ("[1, 0, 8]", "config key 'event_shape' must be a non-empty list of positive integers, e.g. [1, 8, 8], got [1, 0, 8]"),
+    ("[1, -8]", "got [1, -8]"),
+    ("[1, 2.5]", "config key 'event_shape': expected list of int | null, got [1, 2.5]"),
+    ("8", "config key 'event_shape': expected list of int | null, got 8"),
+    ("[true]", "config key 'event_shape': expected list of int | null, got [True]"),
+])
+def test_bad_event_shape_is_one_line_naming_the_value(value, message):
+    with pytest.raises(UserError) as err:
+        finetune_config(overrides=[f"event_shape={value}"])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A config saved before event_shape existed.
+
+
+def _saved_before_event_shape(cfg: FinetuneConfig) -> dict:
+    saved = to_dict(cfg)
+    del saved["event_shape"]  # what config.yaml / meta.json held before the key was added
+    return saved
+
+
+def test_fill_defaults_completes_a_config_saved_without_a_key():
+    cfg = finetune_config(config_file="toy-2d", overrides=["sampling.steps=4"])
+    saved = _saved_before_event_shape(cfg)
+    assert saved != to_dict(cfg)
+    assert fill_defaults(FinetuneConfig, saved) == to_dict(cfg)
+    assert from_dict(FinetuneConfig, saved) == cfg
+    # a nested section saved partially is filled from the field's own default (midpoint), not SamplingConfig's
+    partial = {**saved, "sampling": {"steps": 4}}
+    assert fill_defaults(FinetuneConfig, partial)["sampling"] == to_dict(cfg.sampling)
+    # a key today's code does not know stays, so that it still shows as a difference
+    assert fill_defaults(FinetuneConfig, {**saved, "old_key": 1})["old_key"] == 1
+
+
+def test_a_sweep_folder_saved_without_event_shape_still_resumes(tmp_path):
+    (cell,) = plan_sweep("toy-2d", parse_grid(["w2_coefficient=0.5"]), tmp_path)
+    cell.run_dir.mkdir(parents=True)
+    (cell.run_dir / "config.yaml").write_text(yaml.safe_dump(_saved_before_event_shape(cell.config), sort_keys=False))
+    assert _status(cell) == "new"  # not refused as "run with other settings"
+    (cell.run_dir / "summary.json").write_text("{}")
+    assert _status(cell) == "finished"
+    other = {**_saved_before_event_shape(cell.config), "temperature": 9.0}
+    (cell.run_dir / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    with pytest.raises(UserError, match=r"was run with other settings \(temperature differ\)"):
+        _status(cell)
