@@ -201,6 +201,8 @@ def reference_key(config: PretrainConfig) -> dict:
     if not settings["conditional"]:
         settings.pop("conditional")
         settings.pop("condition_dropout")
+    if settings["sampling"].get("guidance") == 1.0:
+        settings["sampling"] = {k: v for k, v in settings["sampling"].items() if k != "guidance"}
     return settings
 
 

@@ -12,7 +12,7 @@ import orwcfm.assets as assets
 from orwcfm.assets import ClassifierRecipe, classifier_halves, digits_classifier, gold_classifier, split_classifier
 from orwcfm.checkpoint import load_checkpoint
 from orwcfm.data import TensorData, load_dataset
-from orwcfm.finetune.evaluate import FLOOR_SEED_OFFSET, DigitsJudge, make_judge
+from orwcfm.finetune.evaluate import FLOOR_SEED_OFFSET, DigitsJudge, judge_dataset, make_judge
 from orwcfm.finetune.trainer import ORWCFMTrainer
 from orwcfm.metrics import empirical_w2, frechet_distance
 from orwcfm.models import DigitsClassifier, MLPClassifier, accuracy
@@ -137,7 +137,7 @@ def test_w2_floor_is_two_independent_reference_sets(toy_reference, tmp_path):
 
 
 def test_digits_fd_target_is_the_fd_to_the_target_classes(reward_clf, digits):
-    judge = make_judge((1, 8, 8), load_reward("digits-target", targets=[1, 7]))
+    judge = make_judge("digits", load_reward("digits-target", targets=[1, 7]))
     assert isinstance(judge, DigitsJudge) and judge.targets == (1, 7)
     features = reward_clf.model.eval().features
     x = digits.x[:400]  # all classes: far from the 1s and 7s alone
@@ -149,11 +149,11 @@ def test_digits_fd_target_is_the_fd_to_the_target_classes(reward_clf, digits):
     assert out["digits_fd_data"] == pytest.approx(to_all, rel=1e-6)
     assert expected > 2 * to_all  # the two statistics are far apart here, so a mix-up would show
 
-    even = make_judge((1, 8, 8), load_reward("digits-even"))
+    even = make_judge("digits", load_reward("digits-even"))
     on_even = even(digits.x[digits.labels % 2 == 0], None)
     assert on_even["digits_fd_target"] == pytest.approx(0.0, abs=1e-5)  # the even digits *are* the target data
     assert on_even["digits_fd_data"] > 1.0  # ... and only half of all the data
-    assert "digits_fd_target" not in make_judge((1, 8, 8), None)(x, None)  # no digit targets, no target FD
+    assert "digits_fd_target" not in make_judge("digits", None)(x, None)  # no digit targets, no target FD
 
 
 # ------------------------------------------------------------------------------------- the 28x28 mnist5k digits
@@ -173,13 +173,13 @@ def test_mnist5k_reward_and_judge_use_the_mnist5k_classifiers_and_digits(monkeyp
     monkeypatch.setattr(assets, "split_classifier", fake)
     reward = load_reward("digits-even", dataset="mnist5k")
     assert asked == [("mnist5k", "reward")] and reward.dataset == "mnist5k" and reward.name == "mnist5k-even"
-    judge = make_judge((1, 28, 28), reward)
+    judge = make_judge(judge_dataset("auto", reward), reward)  # the reward's data set, not the sample shape
     assert ("mnist5k", "reward") in asked[1:] and ("mnist5k", "gold") in asked[1:]
     real = load_dataset("mnist5k")
     assert judge.data_features.shape == (len(real.x), 16)  # every real 28x28 digit, in the reward CNN's features
     out = judge(real.x[:50], None)
     assert {"digits_fd_data", "digits_fd_target", "gold_target_fraction"} <= set(out)
-    make_judge((1, 8, 8), None)
-    assert asked[-1][0] == "digits"  # the sample shape picks the data set
+    make_judge(judge_dataset("auto", None, reference_data="digits"), None)
+    assert asked[-1][0] == "digits"  # no reward data set: the reference's pretraining data picks it
     with pytest.raises(Exception, match=r"'dataset' must be one of digits, mnist5k, got 'cifar'"):
         load_reward("digits-even", dataset="cifar")

@@ -209,9 +209,9 @@ def test_digits_judge_on_real_digits():
     from orwcfm.rewards import load_reward
 
     data = load_dataset("digits")
-    judge = make_judge((1, 8, 8), load_reward("digits-even"))
+    judge = make_judge("digits", load_reward("digits-even"))
     assert isinstance(judge, DigitsJudge) and judge.targets == (0, 2, 4, 6, 8)
-    assert make_judge((2,), None) is None
+    assert make_judge(None, None) is None
     out = judge(data.x, data.x)
     assert out["digits_fd_ref"] == pytest.approx(0.0, abs=1e-6)  # a set against itself
     assert out["digits_fd_data"] == pytest.approx(0.0, abs=1e-6)  # the judge's data are these digits

@@ -17,14 +17,23 @@ from .orw_cfm_w2 import ORWCFMW2, ORWConfig
 ALGORITHMS: dict[str, tuple[type, type]] = {ORWCFMW2.name: (ORWCFMW2, ORWConfig)}
 
 
-def make_algorithm(config: Any, *, path: StraightPath, coupling: Callable[..., Any],
-                   dist: dist_util.DistContext = dist_util.DistContext()) -> Algorithm:
-    """The algorithm named by ``config.algorithm`` (default ``orw-cfm-w2``), with its settings read off ``config``."""
+def _lookup(config: Any) -> tuple[type, type]:
     name = getattr(config, "algorithm", ORWCFMW2.name)
     if name not in ALGORITHMS:
         raise UserError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}")
-    cls, settings = ALGORITHMS[name]
+    return ALGORITHMS[name]
+
+
+def check_algorithm_config(config: Any) -> None:
+    """Fail with one line, before any run starts, unless ``config`` names a known algorithm with valid settings."""
+    _lookup(config)[1].from_config(config)
+
+
+def make_algorithm(config: Any, *, path: StraightPath, coupling: Callable[..., Any],
+                   dist: dist_util.DistContext = dist_util.DistContext()) -> Algorithm:
+    """The algorithm named by ``config.algorithm`` (default ``orw-cfm-w2``), with its settings read off ``config``."""
+    cls, settings = _lookup(config)
     return cls(settings.from_config(config), path=path, coupling=coupling, dist=dist)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LossOutput", "ORWCFMW2", "ORWConfig", "SamplerSettings", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "LossOutput", "ORWCFMW2", "ORWConfig", "SamplerSettings", "check_algorithm_config", "make_algorithm"]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..conditions import Cond
+from ..guidance import guided
 from ..sampling import generate
 
 
@@ -42,12 +43,14 @@ class LossOutput:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How the policy integrates its samples: solver, steps, chunk size and precision (``config.sampling``)."""
+    """How the policy integrates its samples: solver, steps, chunk size, precision and classifier-free guidance
+    scale (``config.sampling``)."""
 
     solver: str
     steps: int
     batch_size: int | None
     precision: str
+    guidance: float = 1.0
 
 
 class Algorithm(ABC):
@@ -63,7 +66,7 @@ class Algorithm(ABC):
 
     def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplerSettings) -> torch.Tensor:
         """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``."""
-        return generate(policy, x0, solver=sampler.solver, steps=sampler.steps, batch_size=sampler.batch_size,
+        return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps, batch_size=sampler.batch_size,
                         precision=sampler.precision, cond=cond)
 
     def refresh(self, buffer: Any) -> None:

@@ -34,16 +34,21 @@ def _help(text: str, default: Any) -> Any:
 class ORWConfig:
     """The settings of ORW-CFM-W2 (top-level keys of a fine-tuning config, as in the public README)."""
 
-    w2_coefficient: float = _help("alpha, the strength of the W2 bound ||v - v_ref||^2 against the reward-weighted "
-                                  "term; 0 is plain ORW-CFM (no reference pass), large values keep the reference", 1.0)
-    temperature: float = _help("tau: the paper's weights are exp(tau * reward); 0 weights every sample alike, large "
-                               "values put all weight on the best samples", 0.5)
+    w2_coefficient: float = _help(
+        "alpha, strength of the W2 regulariser alpha ||v - v_ref||^2 that holds the model near the frozen reference "
+        "(>= 0): 0 is plain ORW-CFM (no reference pass), larger stays closer; under weighting paper what matters is "
+        "alpha / Z with Z = mean exp(tau r) (logged as train/alpha_relative).", 1.0)
+    temperature: float = _help(
+        "tau of the reward weights exp(tau * r) (>= 0): 0 weights every policy sample alike, larger tilts the model "
+        "harder toward high reward (and changes Z, see w2_coefficient).", 0.5)
     weighting: Literal["paper", "buffer-normalized", "batch-normalized"] = _help(
-        "paper: w = exp(tau r), alpha as written; buffer-normalized: divided by their mean over the refresh's "
-        "samples (alpha relative to weights averaging 1); batch-normalized: B softmax(tau r) per minibatch", "paper")
+        "Reward weights: paper (exp(tau r), the paper's loss), buffer-normalized (exp(tau r) over its mean on the "
+        "refresh's samples, so alpha is relative; needs buffer_size) or batch-normalized (B softmax(tau r) per "
+        "minibatch, as earlier orwcfm releases).", "paper")
     weight_groups: Literal["batch", "condition"] = _help(
-        "what a normalised weighting normalises over: every sample (batch), or the samples of the same condition "
-        "(condition: each prompt gets the same total weight); the paper's weights are never normalised", "batch")
+        "What a normalised weighting normalises over: every sample (batch), or the samples of the same prompt "
+        "(condition: each prompt gets the same total weight, as group-relative methods do); the paper's weights are "
+        "never normalised.", "batch")
 
     def __post_init__(self) -> None:
         for name in ("w2_coefficient", "temperature"):
@@ -62,6 +67,10 @@ class ORWConfig:
     def from_config(cls, config: Any) -> ORWConfig:
         """The fields of this dataclass read off a :class:`~orwcfm.config.FinetuneConfig` (missing ones: defaults)."""
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
+
+
+# The help sentences of the settings, for the fine-tuning config's top-level keys of the same names.
+ORW_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(ORWConfig)}
 
 
 class ORWCFMW2(Algorithm):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ..algorithms import check_algorithm_config
+from ..algorithms.orw_cfm_w2 import ORW_HELP
 from ..errors import UserError
 from .fields import SHARED_HELP, _in_unit_interval, _non_negative, _positive, dataclass_frozen, setting
 from .sampling import SamplingConfig
@@ -26,12 +28,9 @@ class FinetuneConfig:
         0, help="Steps of linear learning-rate warm-up from 0 (>= 0); 0 starts at the full rate (the public "
                 "README's CIFAR setting is 5000).")
     w2_coefficient: float = setting(
-        1.0, help="alpha, strength of the W2 regulariser alpha ||v - v_ref||^2 that holds the model near the frozen "
-                  "reference (>= 0): 0 is plain ORW-CFM (no reference pass), larger stays closer; under weighting "
-                  "paper what matters is alpha / Z with Z = mean exp(tau r) (logged as train/alpha_relative).")
+        1.0, help=ORW_HELP["w2_coefficient"])
     temperature: float = setting(
-        0.5, help="tau of the reward weights exp(tau * r) (>= 0): 0 weights every policy sample alike, larger tilts "
-                  "the model harder toward high reward (and changes Z, see w2_coefficient).")
+        0.5, help=ORW_HELP["temperature"])
     grad_clip: float | None = setting(1.0, help=SHARED_HELP["grad_clip"])
     batch_size: int = setting(128, help="Policy samples per gradient step (> 0), over all processes (each of N "
                                         "processes takes batch_size / N).")
@@ -54,9 +53,7 @@ class FinetuneConfig:
         "ema", help="Which weights of the reference are loaded: ema or raw (torchcfm files: ema_model / net_model).")
     # See orwcfm/finetune/weights.py for what alpha is measured against under each weighting.
     weighting: Literal["paper", "buffer-normalized", "batch-normalized"] = setting(
-        "paper", help="Reward weights: paper (exp(tau r), the paper's loss), buffer-normalized (exp(tau r) over its "
-                      "mean on the refresh's samples, so alpha is relative; needs buffer_size) or batch-normalized "
-                      "(B softmax(tau r) per minibatch, as earlier orwcfm releases).")
+        "paper", help=ORW_HELP["weighting"])
     reward: str | None = setting(
         None, help="Reward to maximise: a built-in name (e.g. digits-even, jpeg-compressibility), "
                    "package.module:function or path/to/file.py:function; null = the CLIP reward of text_prompts.")
@@ -110,7 +107,22 @@ class FinetuneConfig:
                      "meant for GPUs).")
     compile: bool = setting(False, help="torch.compile the trained model and the policy (about a minute on a CPU, "
                                         "pays only on long runs); false = eager.")
-    # Added after the first releases: a config saved without it resumes as null (orwcfm.config.saved).
+    # Added after the first releases: a config saved without them reads as their defaults (orwcfm.config.saved).
+    algorithm: str = setting("orw-cfm-w2", help="The fine-tuning algorithm (orwcfm.algorithms): orw-cfm-w2, the "
+                                                "paper's (w2_coefficient 0 is ORW-CFM).")
+    weight_groups: Literal["batch", "condition"] = setting("batch", help=ORW_HELP["weight_groups"])
+    prompts: tuple[str, ...] | None = setting(
+        None, help="The prompts of a class-conditional model, in class order (prompt k is class k, e.g. \"a "
+                   "handwritten 3\" is the digit 3); the policy samples under them and the reward sees them; null = "
+                   "an unconditional model.")
+    samples_per_prompt: int = setting(
+        1, help="k, samples drawn per prompt at each refresh, consecutively (a condition group, as group-relative "
+                "methods draw them; must divide the samples per refresh); 1 draws every sample's prompt "
+                "independently.")
+    judge: Literal["auto", "none", "digits", "mnist5k"] = setting(
+        "auto", help="Independent classifiers that judge the samples at every evaluation: auto takes the reward's "
+                     "data set, else the reference's pretraining data when it is a labelled digit set; none = no "
+                     "judge; or name the digit set.")
     event_shape: tuple[int, ...] | None = setting(
         None, help="Shape of one sample, e.g. [1, 8, 8] or [2], for models without shape attributes (a non-empty "
                    "list of positive integers); null = read it off the model or the reference checkpoint.")
@@ -139,5 +151,11 @@ class FinetuneConfig:
                             f"use sampling.precision to speed up training), got {self.eval_sampling.precision!r}")
         if self.text_prompts is not None and len(self.text_prompts) < 2:
             raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
+        check_algorithm_config(self)  # the algorithm's own settings (e.g. weight_groups with weighting)
+        _positive("samples_per_prompt", self.samples_per_prompt)
+        if self.prompts is not None and (len(self.prompts) == 0 or not all(p.strip() for p in self.prompts)):
+            raise UserError(f"config key 'prompts' must be a non-empty list of non-empty prompts or null, got {list(self.prompts)}")
+        if self.weight_groups == "condition" and self.prompts is None:
+            raise UserError("config key 'weight_groups': 'condition' normalises within each prompt, but 'prompts' is null")
         if self.event_shape is not None and not (self.event_shape and min(self.event_shape) > 0):
             raise UserError(f"config key 'event_shape' must be a non-empty list of positive integers, e.g. [1, 8, 8], got {list(self.event_shape)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..errors import UserError
 from .fields import _positive, dataclass_frozen, setting
 
 
@@ -23,8 +24,15 @@ class SamplingConfig:
     precision: Literal["fp32", "bf16"] = setting(
         "fp32", help="Precision of the network passes while sampling: fp32, or bf16 (bfloat16 autocast, for GPUs; "
                      "the ODE state and the samples stay float32).")
+    # Added after the first releases: a config saved without it reads as 1 (orwcfm.config.saved).
+    guidance: float = setting(
+        1.0, help="Classifier-free guidance scale for conditional models (>= 0): 1 is the conditional field itself "
+                  "(one pass), 0 the unconditional one, > 1 extrapolates away from it (two passes); unconditional "
+                  "models ignore it.")
 
     def __post_init__(self) -> None:
         _positive("sampling.steps", self.steps)
+        if isinstance(self.guidance, bool) or not self.guidance >= 0:
+            raise UserError(f"config key 'sampling.guidance' must be a number >= 0 (1 = no guidance), got {self.guidance!r}")
         if self.batch_size is not None:
             _positive("sampling.batch_size", self.batch_size)

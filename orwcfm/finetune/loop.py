@@ -65,8 +65,8 @@ class FinetuneLoop(ABC):
         self.local_batch = dist_util.split(cfg.batch_size, self.dist, "batch_size")
         self.local_buffer = dist_util.split(cfg.buffer_size, self.dist, "buffer_size") if cfg.buffer_size else None
         self.time_sampler = make_time_sampler(cfg.time_sampler)
-        self.sampler = SamplerSettings(cfg.sampling.solver, cfg.sampling.steps, cfg.sampling.batch_size,
-                                       cfg.sampling.precision)
+        s = cfg.sampling
+        self.sampler = SamplerSettings(s.solver, s.steps, s.batch_size, s.precision, s.guidance)
         self.step = 0
         self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
         self.buffer: SampleBuffer | None = None

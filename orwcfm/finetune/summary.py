@@ -8,6 +8,8 @@ from typing import Any
 
 # Metrics shown in the summary table when the evaluation measured them (key, label).
 SUMMARY_EXTRA_ROWS = (
+    ("alignment", "alignment: samples in the prompted class"),
+    ("diversity_per_condition", "diversity within a prompt (mean pairwise distance)"),
     ("gold_target_fraction", "target fraction, gold classifier (held out)"),
     ("vendi", "Vendi score"),
     ("class_entropy", "class entropy (nats)"),
@@ -46,6 +48,13 @@ class FinetuneSummary:
     metrics_after: dict[str, float] | None = None  # and of the last
     weighting: str = "paper"  # what alpha is measured against (finetune/weights.py)
     evaluated_weights: str = "raw"  # the weights every evaluation measured: ema when the run keeps an EMA
+    # conditional runs (prompts): the fraction of samples in the prompted class, and the diversity within a prompt
+    # (before = the reference's, measured on the same noise and prompts)
+    alignment_before: float | None = None
+    alignment_after: float | None = None
+    diversity_per_prompt_before: float | None = None
+    diversity_per_prompt_after: float | None = None
+    algorithm: str = "orw-cfm-w2"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -83,5 +92,8 @@ def summarise(history: list[dict[str, Any]], *, reward: str, config: Any, epochs
         target_fraction_before=first.get("target_fraction"), target_fraction_after=last.get("target_fraction"),
         class_histogram_after=last.get("class_histogram"), dropped_samples=dropped_samples,
         metrics_before=numbers(first), metrics_after=numbers(last), weighting=config.weighting,
-        evaluated_weights=evaluated_weights,
+        evaluated_weights=evaluated_weights, algorithm=getattr(config, "algorithm", "orw-cfm-w2"),
+        alignment_before=first.get("alignment"), alignment_after=last.get("alignment"),
+        diversity_per_prompt_before=first.get("diversity_per_condition"),
+        diversity_per_prompt_after=last.get("diversity_per_condition"),
     )

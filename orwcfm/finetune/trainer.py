@@ -28,6 +28,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as dist_util
 from .. import runtime
 from ..algorithms import make_algorithm
+from ..conditions import ClassPrompts
 from ..config import FinetuneConfig, finetune_config
 from ..couplings import get_coupling
 from ..errors import UserError
@@ -83,6 +84,21 @@ def resolve_reward(config: FinetuneConfig, reward_fn: Callable[[torch.Tensor], t
                     "or file.py:function), or 'text_prompts' for the CLIP reward")
 
 
+def check_prompts(prompts: Any, model: nn.Module, config: FinetuneConfig) -> None:
+    """One line unless the prompt set fits the model (one class per prompt) and the samples drawn per refresh."""
+    if prompts is None:
+        return
+    classes = getattr(getattr(model, "module", model), "num_classes", None)
+    if isinstance(prompts, ClassPrompts) and classes is not None and classes != len(prompts):
+        raise UserError(f"{len(prompts)} prompts for a model of {classes} classes: a class-conditional model needs one "
+                        f"prompt per class, in class order")
+    k = getattr(prompts, "samples_per_prompt", 1)
+    per_refresh = config.buffer_size or config.batch_size
+    if per_refresh % k:
+        raise UserError(f"samples_per_prompt {k} must divide the samples drawn per refresh "
+                        f"({'buffer_size' if config.buffer_size else 'batch_size'} {per_refresh})")
+
+
 class ORWCFMTrainer(FinetuneLoop):
     """Fine-tunes ``model`` toward a black-box reward with ORW-CFM-W2 (or the algorithm ``config`` names).
 
@@ -118,7 +134,11 @@ class ORWCFMTrainer(FinetuneLoop):
 
         self.roles = CopyRoles(model, self.device, ema_decay=cfg.ema_decay, dropout=cfg.finetune_dropout,
                                compile=cfg.compile, dist=self.dist)
-        self.event_shape = tuple(event_shape) if event_shape else infer_event_shape(model)
+        # the sample shape: the argument, else the config's, else the model's attributes (else the reference's spec)
+        self.event_shape = tuple(event_shape or cfg.event_shape or ()) or infer_event_shape(model)
+        if self.prompts is None and cfg.prompts is not None:
+            self.prompts = ClassPrompts(tuple(cfg.prompts), cfg.samples_per_prompt)
+        check_prompts(self.prompts, model, cfg)
         self.spec: ModelSpec | None = None
         self.reference_data: str | None = None  # the data set the reference was pretrained on (picks the judge)
         self.reference_identity: dict[str, Any] = {"path": None, "weights": None, "sha256": fingerprint(self.reference)}
@@ -169,7 +189,11 @@ class ORWCFMTrainer(FinetuneLoop):
             self.reference_data = pretrained_on(loaded)
             if loaded.spec is not None:
                 self.spec = loaded.spec
-                self.event_shape = self.event_shape or tuple(loaded.spec.event_shape)
+                saved = tuple(loaded.spec.event_shape)
+                if self.event_shape is not None and tuple(self.event_shape) != saved:
+                    raise UserError(f"event_shape {list(self.event_shape)} does not match the reference {source}, whose "
+                                    f"samples have shape {list(saved)}")
+                self.event_shape = saved
         elif source.is_file():
             state = ckpt.load_foreign_state_dict(source, key={"ema": "ema_model", "raw": "net_model"}[which],
                                                  map_location=self.device)
@@ -185,7 +209,8 @@ class ORWCFMTrainer(FinetuneLoop):
 
     def _shape(self) -> tuple[int, ...]:
         if self.event_shape is None:
-            raise UserError("cannot tell the sample shape of this model: pass event_shape=(C, H, W) or (dim,) to ORWCFMTrainer")
+            raise UserError("cannot tell the sample shape of this model: set event_shape: [C, H, W] or [dim] in the "
+                            "config, or pass event_shape=... to ORWCFMTrainer")
         return self.event_shape
 
     @property
