@@ -254,3 +254,19 @@ def test_conditional_bad_input_is_one_line(tmp_path):
     trainer.reward_fn = lambda x, cond: toward_prompted_centre(x, cond)[:8]
     with pytest.raises(UserError, match=r"returned shape \(8,\); expected shape \(32,\), one value per sample"):
         trainer.run_steps(1)
+
+
+def test_the_judge_measures_alignment_with_the_gold_classifier():
+    from orwcfm.finetune.evaluate import DigitsJudge
+    from orwcfm.models import DigitsClassifier
+
+    torch.manual_seed(0)
+    reward_net, gold_net = DigitsClassifier(), DigitsClassifier()
+    data = torch.randn(40, 1, 8, 8)
+    judge = DigitsJudge(reward_net, gold_net, data)
+    x = torch.randn(12, 1, 8, 8)
+    with torch.no_grad():
+        predicted = gold_net.eval()(x).argmax(-1)
+    cond = Labels(torch.cat([predicted[:9], (predicted[9:] + 1) % 10]), 10)  # 9 of 12 agree with the gold net
+    assert judge(x, None, cond)["gold_alignment"] == pytest.approx(9 / 12)
+    assert "gold_alignment" not in judge(x, None)

@@ -221,7 +221,7 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
         if per:
             task["diversity_per_condition"] = sum(per) / len(per)
     if judge is not None:
-        task.update(judge(x, reference_samples))
+        task.update(judge(x, reference_samples) if cond is None else judge(x, reference_samples, cond))
     return Evaluation(
         samples=x.cpu(),
         reward=reward_stats(scored.values[scored.valid]),
@@ -272,7 +272,8 @@ class DigitsJudge:
         return self.classifier.features(x.float().cpu())
 
     @torch.no_grad()
-    def __call__(self, samples: torch.Tensor, reference_samples: torch.Tensor | None = None) -> dict[str, Any]:
+    def __call__(self, samples: torch.Tensor, reference_samples: torch.Tensor | None = None,
+                 cond: Cond | None = None) -> dict[str, Any]:
         x = samples.float().cpu()
         feats = self._features(x)
         predicted = self.classifier.out(feats).argmax(-1)  # the features are computed once, for FD and classes
@@ -286,6 +287,10 @@ class DigitsJudge:
             out["digits_fd_target"] = frechet_distance(feats, self.target_features)
         if reference_samples is not None:
             out["digits_fd_ref"] = frechet_distance(feats, self._features(reference_samples))
+        prompted = getattr(cond, "values", None)
+        if isinstance(prompted, torch.Tensor):  # prompted digits: does the held-out classifier agree?
+            gold_pred = self.gold.log_probs(x).argmax(-1)
+            out["gold_alignment"] = float((gold_pred == prompted.cpu()).float().mean())
         if self.targets is not None:
             out["gold_target_fraction"] = gold["target_fraction"]
             out["gold_reward_mean"] = self.gold(x).mean().item()

@@ -9,6 +9,7 @@ from typing import Any
 # Metrics shown in the summary table when the evaluation measured them (key, label).
 SUMMARY_EXTRA_ROWS = (
     ("alignment", "alignment: samples in the prompted class"),
+    ("gold_alignment", "alignment, gold classifier (held out)"),
     ("diversity_per_condition", "diversity within a prompt (mean pairwise distance)"),
     ("gold_target_fraction", "target fraction, gold classifier (held out)"),
     ("vendi", "Vendi score"),
