@@ -165,7 +165,7 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
         trainer.reward_fn(noise)
 
     def coupling() -> None:
-        trainer.coupling(xt, x1)
+        trainer.algorithm.coupling(xt, x1)  # the pairing the algorithm uses
 
     def optimizer() -> None:
         torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
