@@ -36,7 +36,7 @@ def main() -> None:
     total_steps = args.epochs * base.steps_per_epoch
     modes = {
         "online": [],  # a fresh buffer of buffer_size policy samples every epoch
-        "offline": [f"buffer_size={budget}", f"refresh_every={total_steps + 1}"],  # one buffer, from the reference
+        "offline": [f"buffer_size={budget}", "refresh=offline"],  # one buffer, from the reference
     }
     rows: dict[str, dict[int, list]] = {m: {} for m in modes}
     walls: dict[str, list[float]] = {m: [] for m in modes}

@@ -31,7 +31,7 @@ from orwcfm.sweep import _status, parse_grid, plan_sweep
 
 PINNED = json.loads((Path(__file__).parent / "config_defaults.json").read_text())
 # Fine-tuning keys added after the pinned commit, with the default that keeps the old behaviour.
-NEW_KEYS = {"event_shape": None, "algorithm": "orw-cfm-w2", "weight_groups": "batch", "prompts": None,
+NEW_KEYS = {"event_shape": None, "refresh": "online", "algorithm": "orw-cfm-w2", "weight_groups": "batch", "prompts": None,
             "samples_per_prompt": 1, "judge": "auto"}
 NEW_SAMPLING_KEYS = {"guidance": 1.0}  # in every sampler section
 
@@ -62,7 +62,7 @@ def test_default_finetune_config_is_pinned():
 
 def test_every_preset_and_reference_is_pinned():
     assert sorted(PRETRAIN_PRESETS) == sorted(PINNED["pretrain_presets"])
-    assert sorted(FINETUNE_PRESETS) == sorted(PINNED["finetune_presets"])
+    assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align"])  # one preset added since
     assert sorted(BUILTIN_REFERENCES) == sorted(PINNED["builtin_references"])
     for name, pinned in PINNED["pretrain_presets"].items():
         assert _without_new_keys(to_dict(pretrain_config(name))) == pinned, name
@@ -134,3 +134,11 @@ def test_a_sweep_folder_saved_without_event_shape_still_resumes(tmp_path):
     (cell.run_dir / "config.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     with pytest.raises(UserError, match=r"was run with other settings \(temperature differ\)"):
         _status(cell)
+
+
+def test_the_digits_align_preset_is_the_documented_setting():
+    cfg = finetune_config(config_file="digits-align")
+    assert cfg.ref_path == "builtin:digits-cond" and cfg.reward == "digits-align"
+    assert cfg.prompts == tuple(f"a handwritten {d}" for d in range(10))
+    assert (cfg.samples_per_prompt, cfg.w2_coefficient, cfg.temperature, cfg.coupling) == (8, 0.1, 2.0, "ot")
+    assert (cfg.batch_size, cfg.buffer_size, cfg.epochs, cfg.steps_per_epoch) == (128, 1024, 8, 50)

@@ -270,3 +270,18 @@ def test_the_judge_measures_alignment_with_the_gold_classifier():
     cond = Labels(torch.cat([predicted[:9], (predicted[9:] + 1) % 10]), 10)  # 9 of 12 agree with the gold net
     assert judge(x, None, cond)["gold_alignment"] == pytest.approx(9 / 12)
     assert "gold_alignment" not in judge(x, None)
+
+
+def test_offline_rwr_is_a_refresh_schedule(tmp_path):
+    offline = conditional_trainer(tmp_path / "off", refresh="offline")
+    start = {k: v.clone() for k, v in offline.policy.state_dict().items()}
+    offline.train(3, 5)
+    assert offline.reward_evaluations == 32  # one buffer, drawn once
+    for k, v in offline.policy.state_dict().items():  # the policy stayed the reference
+        assert torch.equal(v, start[k])
+    trick = conditional_trainer(tmp_path / "trick", refresh_every=16)  # the former way: a period past the run
+    trick.train(3, 5)
+    for a, b in zip(offline.model.state_dict().values(), trick.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="'offline' draws one buffer from the reference and never refreshes"):
+        conditional_trainer(tmp_path, refresh="offline", buffer_size=None)

@@ -352,10 +352,11 @@ def user_module(tmp_path):
 
 def test_available_rewards_and_options():
     assert available_rewards() == sorted([
-        "clip", "digits-even", "digits-odd", "digits-target", "distance", "jpeg-compressibility",
+        "clip", "digits-align", "digits-even", "digits-odd", "digits-target", "distance", "jpeg-compressibility",
         "jpeg-incompressibility", "linear", "region",
     ])
     assert reward_options("digits-target") == {"targets": "even", "log_prob": False, "dataset": "digits"}
+    assert reward_options("digits-align") == {"log_prob": True, "dataset": "digits"}
     assert "cache" not in reward_options("digits-even")
 
 

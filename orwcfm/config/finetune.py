@@ -108,6 +108,10 @@ class FinetuneConfig:
     compile: bool = setting(False, help="torch.compile the trained model and the policy (about a minute on a CPU, "
                                         "pays only on long runs); false = eager.")
     # Added after the first releases: a config saved without them reads as their defaults (orwcfm.config.saved).
+    refresh: Literal["online", "offline"] = setting(
+        "online", help="The refresh schedule: online refreshes the sampling policy from the model (every epoch or "
+                       "every refresh_every steps); offline draws one buffer from the reference at the start and "
+                       "never refreshes (offline reward-weighted regression; needs buffer_size).")
     algorithm: str = setting("orw-cfm-w2", help="The fine-tuning algorithm (orwcfm.algorithms): orw-cfm-w2, the "
                                                 "paper's (w2_coefficient 0 is ORW-CFM).")
     weight_groups: Literal["batch", "condition"] = setting("batch", help=ORW_HELP["weight_groups"])
@@ -153,6 +157,9 @@ class FinetuneConfig:
             raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
         check_algorithm_config(self)  # the algorithm's own settings (e.g. weight_groups with weighting)
         _positive("samples_per_prompt", self.samples_per_prompt)
+        if self.refresh == "offline" and (self.buffer_size is None or self.refresh_every is not None):
+            raise UserError("config key 'refresh': 'offline' draws one buffer from the reference and never refreshes: "
+                            f"it needs buffer_size (got {self.buffer_size}) and no refresh_every (got {self.refresh_every})")
         if self.prompts is not None and (len(self.prompts) == 0 or not all(p.strip() for p in self.prompts)):
             raise UserError(f"config key 'prompts' must be a non-empty list of non-empty prompts or null, got {list(self.prompts)}")
         if self.weight_groups == "condition" and self.prompts is None:

@@ -1,6 +1,7 @@
 """The fine-tuning loop: one plain loop that runs any :class:`~orwcfm.algorithms.Algorithm`.
 
-    refresh     policy <- the run's model, when due (every epoch, or every ``refresh_every`` steps)
+    refresh     policy <- the run's model, when due (every epoch, or every ``refresh_every`` steps; ``refresh:
+                offline`` draws one buffer from the reference at step 0 and never refreshes)
     collect     the policy's samples x1 for this refresh, under conditions drawn from the prompt set (if any)
     score       their rewards r = reward(x1[, cond]) (the black box; checked on every rank; NaNs stop or drop)
     minibatch   (x1, r, cond) from the buffer (a fresh batch every step when ``buffer_size`` is null)
@@ -126,7 +127,8 @@ class FinetuneLoop(ABC):
         cfg = self.config
         # train() sets steps_per_epoch; run_steps() alone falls back to the config's
         period = cfg.refresh_every or self.steps_per_epoch or cfg.steps_per_epoch
-        due = self.step % period == 0
+        # offline: one buffer from the reference (the policy before any refresh), drawn at step 0 and never again
+        due = self.step == 0 if cfg.refresh == "offline" else self.step % period == 0
         if due:
             self.roles.refresh_policy()
         # A resumed run without its buffer (another number of processes) re-samples from the restored policy.
