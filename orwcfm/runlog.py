@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,44 @@ class RunLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class MetricsFile:
+    """What :func:`read_metrics` found in a ``metrics.jsonl``.
+
+    Attributes:
+        rows: the JSON objects, in file order.
+        bad_lines: 1-based numbers of the lines that are not a JSON object (a run killed mid-write leaves one).
+        error: why the file could not be read at all (missing, unreadable), else None.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+def read_metrics(path: str | Path) -> MetricsFile:
+    """Read a ``metrics.jsonl`` written by :class:`RunLogger`; never raises for a missing or damaged file.
+
+    Blank lines are skipped; a line that is not a JSON object is recorded in ``bad_lines`` and skipped, so a run
+    still being written (or cut off) reads up to its last whole line.
+    """
+    try:
+        # errors="replace": a byte cut in half by a crash spoils its line, not the whole file
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:
+        return MetricsFile(error=err.strerror or str(err))
+    out = MetricsFile()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            out.rows.append(row)
+        else:
+            out.bad_lines.append(number)
+    return out

@@ -29,6 +29,7 @@ import yaml
 from .config import (FinetuneConfig, fill_defaults, finetune_config, numeric_string, parse_overrides, set_dotted,
                      to_dict)
 from .errors import UserError, did_you_mean
+from .tables import markdown_table
 
 GRID_FORM = "--grid KEY=V1,V2,... (KEY a fine-tuning config key such as w2_coefficient or sampling.steps)"
 # Keys that name the run rather than a setting: a sweep sets them itself.
@@ -249,13 +250,13 @@ def write_tables(rows: list[dict[str, Any]], reference: dict[str, Any], out: Pat
         return "" if v is None else str(v)
 
     shown = [c for c in columns if c != "cell"]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    if reference:
-        lines.append("| " + " | ".join("reference" if c == grid_keys[0] else cell_text(reference.get(c)) if c not in grid_keys else ""
-                                        for c in shown) + " |")
-    lines += ["| " + " | ".join(cell_text(row.get(c)) for c in shown) + " |" for row in rows]
+    body = []
+    if reference:  # the reference first, named in the first grid column (its grid values are not a cell's)
+        body.append(["reference" if c == grid_keys[0] else cell_text(reference.get(c)) if c not in grid_keys else ""
+                     for c in shown])
+    body += [[cell_text(row.get(c)) for c in shown] for row in rows]
     md_path = out / "sweep.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    md_path.write_text(markdown_table(shown, body))
     return csv_path, md_path, save_tradeoff(rows, reference, out / "tradeoff.png", grid_keys)
 
 

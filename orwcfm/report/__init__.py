@@ -16,22 +16,25 @@ A **sweep folder** (``orwcfm sweep``) gives: the results table (``sweep.csv``), 
 per cell with its headline numbers, curves and first and last sample grids. Missing or unfinished cells are shown
 as such; nothing in a half-written sweep stops the report.
 
-All text read from files is HTML-escaped.
+The package: :mod:`.data` reads the folders, :mod:`.figures` the pictures, :mod:`.views` and :mod:`.sweep_views`
+shape what the page shows, :mod:`.render` fills the Jinja2 templates in ``templates/`` (every value HTML-escaped).
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import os
 from pathlib import Path
 
 from ..errors import UserError
+from .data import RunData, SweepCell, SweepData, folder_kind, metric_rows, read_run, read_sweep
+from .figures import Picture, load_picture, loss_figure, png_size
+from .format import format_duration, format_number, format_setting
+from .render import environment, render_run, render_sweep
 
-from .data import RunData, folder_kind, format_duration, format_number, format_setting, read_run
-from .figures import Picture, load_picture, loss_figure
-from .page import render_run
-from .sweep_page import render_sweep
+__all__ = ["Picture", "RunData", "SweepCell", "SweepData", "cmd_report", "environment", "folder_kind",
+           "format_duration", "format_number", "format_setting", "load_picture", "loss_figure", "metric_rows",
+           "png_size", "read_run", "read_sweep", "render_run", "render_sweep", "write_report"]
 
 
 def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
@@ -44,6 +47,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
     kind = folder_kind(directory)
     text = render_sweep(directory) if kind == "sweep" else render_run(directory)
     target = Path(out) if out is not None else directory / "report.html"
+    # written beside the target and renamed: a reader never sees half a page
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +65,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.dir, getattr(args, "out", None))
     print(f"wrote report: {path}")
     return 0
-
-
-__all__ = ["Picture", "RunData", "cmd_report", "folder_kind", "format_duration", "format_number", "format_setting",
-           "load_picture", "loss_figure", "read_run", "render_run", "render_sweep", "write_report"]

@@ -1,4 +1,4 @@
-"""Pictures of a report: PNG files embedded as data URIs, and the training-loss figure drawn from metrics.jsonl."""
+"""Pictures for the page: PNG files read and measured, the training-loss figure drawn, both as data URIs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import PNG_SIGNATURE, SMALL_IMAGE_PX, _LOSS_KEYS, _e, _is_number
+from .format import is_number
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pictures narrower than this (digit grids: 331 px) are shown enlarged with crisp, pixelated scaling; wider ones
+# (matplotlib figures) are scaled smoothly.
+SMALL_IMAGE_PX = 400
+LOSS_KEYS = ("train/loss", "train/fm", "train/w2")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class Picture:
         return self.width < SMALL_IMAGE_PX
 
     def uri(self) -> str:
+        """The picture as a ``data:`` URI, so the page needs no file beside it."""
         return "data:image/png;base64," + base64.b64encode(self.data).decode("ascii")
 
 
@@ -37,6 +44,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def load_picture(path: Path) -> Picture | None:
+    """The PNG at ``path``, or None when it is unreadable or not a PNG."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -45,18 +53,9 @@ def load_picture(path: Path) -> Picture | None:
     return Picture(data, *size) if size else None
 
 
-def _img(picture: Picture, alt: str, *, source: str | None = None, extra_class: str = "") -> str:
-    classes = " ".join(c for c in (extra_class, "pixelated" if picture.small else "") if c)
-    attrs = [f'src="{picture.uri()}"', f'alt="{_e(alt)}"', f'width="{picture.width}"', f'height="{picture.height}"']
-    if classes:
-        attrs.append(f'class="{classes}"')
-    if source is not None:
-        attrs.append(f'data-source="{_e(source)}"')
-    return f"<img {' '.join(attrs)}>"
-
 def loss_figure(train_rows: Sequence[Mapping[str, Any]], title: str = "") -> Picture | None:
     """A PNG of train/loss, train/fm and train/w2 against step (one panel each), or None without such rows."""
-    keys = [k for k in _LOSS_KEYS if any(_is_number(r.get(k)) for r in train_rows)]
+    keys = [k for k in LOSS_KEYS if any(is_number(r.get(k)) for r in train_rows)]
     if not keys:
         return None
     from ..plotting import _pyplot
@@ -64,7 +63,7 @@ def loss_figure(train_rows: Sequence[Mapping[str, Any]], title: str = "") -> Pic
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3.0), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys):
-        points = [(r["step"], r[key]) for r in train_rows if _is_number(r.get(key)) and _is_number(r.get("step"))]
+        points = [(r["step"], r[key]) for r in train_rows if is_number(r.get(key)) and is_number(r.get("step"))]
         ax.plot([s for s, _ in points], [v for _, v in points], "o-" if len(points) < 30 else "-", ms=3, lw=1.3)
         ax.set_xlabel("step")
         ax.set_title(key.split("/", 1)[1] if key != "train/fm" else "fm (reward-weighted)", fontsize=9)
@@ -77,6 +76,3 @@ def loss_figure(train_rows: Sequence[Mapping[str, Any]], title: str = "") -> Pic
     plt.close(fig)
     data = buffer.getvalue()
     return Picture(data, *png_size(data))
-
-
-# ---------------------------------------------------------------------------------------------------------------
