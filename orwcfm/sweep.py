@@ -29,6 +29,7 @@ import yaml
 from .config import (FinetuneConfig, fill_defaults, finetune_config, numeric_string, parse_overrides, set_dotted,
                      to_dict)
 from .errors import UserError, did_you_mean
+from .metric_names import short
 from .tables import markdown_table
 
 GRID_FORM = "--grid KEY=V1,V2,... (KEY a fine-tuning config key such as w2_coefficient or sampling.steps)"
@@ -277,7 +278,7 @@ def save_tradeoff(rows: list[dict[str, Any]], reference: dict[str, Any], path: P
     # One colour and legend entry per cell: labels next to points become ambiguous when cells sit close together.
     colours = plt.get_cmap("viridis")([i / max(1, len(points) - 1) for i in range(len(points))])
     for r, colour in zip(points, colours):
-        label = ", ".join(f"{_short(k)}={r[k]}" for k in grid_keys)
+        label = ", ".join(f"{short(k)}={r[k]}" for k in grid_keys)
         ax.plot([r[x_key]], [r[y_key]], "o", color=colour, ms=7, label=label, zorder=2)
     if x_key in reference and y_key in reference:
         ax.plot([reference[x_key]], [reference[y_key]], "*", color="C3", ms=13, label="reference", zorder=2)
@@ -287,7 +288,3 @@ def save_tradeoff(rows: list[dict[str, Any]], reference: dict[str, Any], path: P
     ax.set_title("reward / diversity trade-off, one point per sweep cell", fontsize=9)
     ax.grid(alpha=0.3)
     return _save_figure(fig, path)
-
-
-def _short(key: str) -> str:
-    return {"w2_coefficient": "alpha", "temperature": "tau"}.get(key, key.split(".")[-1])

@@ -6,20 +6,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Metrics shown in the summary table when the evaluation measured them (key, label).
-SUMMARY_EXTRA_ROWS = (
-    ("alignment", "alignment: samples in the prompted class"),
-    ("gold_alignment", "alignment, gold classifier (held out)"),
-    ("diversity_per_condition", "diversity within a prompt (mean pairwise distance)"),
-    ("gold_target_fraction", "target fraction, gold classifier (held out)"),
-    ("vendi", "Vendi score"),
-    ("class_entropy", "class entropy (nats)"),
-    ("w2_to_reference", "empirical W2 to reference (N-sample sets, same noise)"),
-    ("w2_to_reference_floor", "its floor: empirical W2 between two independent reference N-sample sets"),
-    ("digits_fd_data", "digits-FD to the data (all classes)"),
-    ("digits_fd_target", "digits-FD to the target classes' data"),
-)
+from ..metric_names import SUMMARY_EXTRA_KEYS, label
 
+# Metrics shown in the summary table when the evaluation measured them (key, label): orwcfm/metric_names.py.
+SUMMARY_EXTRA_ROWS = tuple((key, label(key)) for key in SUMMARY_EXTRA_KEYS)
 
 def numbers(row: Mapping[str, Any]) -> dict[str, float]:
     """The plain numbers of a history row (epoch and step left out)."""
@@ -62,14 +52,14 @@ class FinetuneSummary:
 
     def table(self) -> str:
         """A small Markdown table: before / after for each metric."""
-        rows = [("reward mean", self.reward_mean_before, self.reward_mean_after),
-                ("diversity (mean pairwise distance)", self.diversity_before, self.diversity_after)]
+        rows = [(label("reward_mean"), self.reward_mean_before, self.reward_mean_after),
+                (label("diversity"), self.diversity_before, self.diversity_after)]
         if self.target_fraction_before is not None:
-            rows.insert(1, ("target fraction", self.target_fraction_before, self.target_fraction_after))
+            rows.insert(1, (label("target_fraction"), self.target_fraction_before, self.target_fraction_after))
         before, after = self.metrics_before or {}, self.metrics_after or {}
-        for key, label in SUMMARY_EXTRA_ROWS:
+        for key, text in SUMMARY_EXTRA_ROWS:
             if key in before and key in after:
-                rows.append((label, before[key], after[key]))
+                rows.append((text, before[key], after[key]))
         lines = ["| metric | before | after |", "|---|---|---|"]
         lines += [f"| {name} | {a:.4f} | {b:.4f} |" for name, a, b in rows]
         if self.class_histogram_after is not None:

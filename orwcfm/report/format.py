@@ -7,29 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-_LABELS = {
-    "reward_mean": "reward mean",
-    "reward_std": "reward std",
-    "target_fraction": "target fraction",
-    "diversity": "diversity (mean pairwise distance)",
-    "gold_target_fraction": "target fraction, gold classifier (held out)",
-    "gold_class_entropy": "class entropy, gold classifier (nats)",
-    "gold_reward_mean": "reward mean, gold classifier",
-    "vendi": "Vendi score",
-    "class_entropy": "class entropy (nats)",
-    "w2_to_reference": "empirical W2 to reference (N-sample sets, same noise)",
-    "w2_to_reference_floor": "its floor: empirical W2 between two independent reference N-sample sets",
-    "w2_bound": "W2 bound (∫ E‖v − v_ref‖² dt)",
-    "coupled_sq": "E‖X₁ − Y₁‖² (same noise)",
-    "digits_fd_data": "digits-FD to the data (all classes)",
-    "digits_fd_target": "digits-FD to the target classes' data",
-    "digits_fd_ref": "digits-FD to the reference",
-    "w2_coefficient": "W2 coefficient α",
-    "temperature": "temperature τ",
-    "reward_evaluations": "reward evaluations",
-    "wall_seconds": "wall time",
-    "dropped_samples": "dropped samples",
-}
+from ..metric_names import label  # noqa: F401 (the report's name for it)
+
 
 
 def is_number(value: Any) -> bool:
@@ -37,9 +16,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def label(key: str) -> str:
-    """The reader's name of a metric or setting key."""
-    return _LABELS.get(key, key.replace("_", " "))
 
 
 def format_number(value: Any) -> str:
