@@ -285,3 +285,32 @@ def test_offline_rwr_is_a_refresh_schedule(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="'offline' draws one buffer from the reference and never refreshes"):
         conditional_trainer(tmp_path, refresh="offline", buffer_size=None)
+
+
+def test_diversity_within_a_condition_against_a_hand_computation():
+    from orwcfm.finetune.evaluate import per_condition_diversity
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0], [10.0, 1.0], [50.0, 50.0]])
+    cond = Labels(torch.tensor([0, 0, 2, 2, 1]), 3)  # pairs at distance 5 and 1; class 1 has no pair
+    assert per_condition_diversity(x, cond) == pytest.approx([5.0, 1.0])
+
+
+def test_digits_align_per_prompt_alignment():
+    from orwcfm.models import DigitsClassifier
+    from orwcfm.rewards.digits import DigitsAlignReward
+
+    torch.manual_seed(1)
+    classifier = DigitsClassifier().eval()
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        pred = classifier(x).argmax(-1)
+    prompted = torch.tensor([pred[0], pred[1], (pred[2] + 1) % 10, pred[3], (pred[4] + 1) % 10, (pred[5] + 1) % 10])
+    out = DigitsAlignReward(classifier).metrics(x, Labels(prompted, 10))
+    assert out["alignment"] == pytest.approx(0.5)
+    per = torch.tensor(out["alignment_per_prompt"])
+    for k in range(10):
+        members = prompted == k
+        if members.any():
+            assert per[k].item() == pytest.approx((pred[members] == k).float().mean().item())
+        else:
+            assert torch.isnan(per[k])

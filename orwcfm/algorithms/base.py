@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from torch import nn
 from ..conditions import Cond
 from ..guidance import guided
 from ..sampling import generate
+
+if TYPE_CHECKING:  # the config package imports this one (to check a config's algorithm settings)
+    from ..config.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,6 @@ class LossOutput:
     stats: dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How the policy integrates its samples: solver, steps, chunk size, precision and classifier-free guidance
-    scale (``config.sampling``)."""
-
-    solver: str
-    steps: int
-    batch_size: int | None
-    precision: str
-    guidance: float = 1.0
-
-
 class Algorithm(ABC):
     """One reward fine-tuning method. Subclasses set ``name`` and ``stat_keys`` and implement :meth:`loss`."""
 
@@ -64,8 +55,9 @@ class Algorithm(ABC):
         """Whether :meth:`loss` reads the reference (if not, the loop never runs it)."""
         return True
 
-    def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplerSettings) -> torch.Tensor:
-        """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``."""
+    def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig) -> torch.Tensor:
+        """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``, with
+        the policy's sampler settings (``config.sampling``: solver, steps, chunk size, precision, guidance)."""
         return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps, batch_size=sampler.batch_size,
                         precision=sampler.precision, cond=cond)
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .. import checkpoint as ckpt
 from .. import distributed as dist_util
 from .. import runtime
-from ..algorithms import Algorithm, SamplerSettings
+from ..algorithms import Algorithm
 from ..conditions import Cond, index_cond
 from ..config import FinetuneConfig, to_dict
 from ..errors import UserError
@@ -66,8 +66,6 @@ class FinetuneLoop(ABC):
         self.local_batch = dist_util.split(cfg.batch_size, self.dist, "batch_size")
         self.local_buffer = dist_util.split(cfg.buffer_size, self.dist, "buffer_size") if cfg.buffer_size else None
         self.time_sampler = make_time_sampler(cfg.time_sampler)
-        s = cfg.sampling
-        self.sampler = SamplerSettings(s.solver, s.steps, s.batch_size, s.precision, s.guidance)
         self.step = 0
         self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
         self.buffer: SampleBuffer | None = None
@@ -94,7 +92,7 @@ class FinetuneLoop(ABC):
         """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them."""
         x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
         cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
-        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.sampler)
+        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling)
         rewards, valid = self._score(x1, cond)
         if valid is not None:
             x1, cond = x1[valid.to(x1.device)], index_cond(cond, torch.nonzero(valid).flatten())

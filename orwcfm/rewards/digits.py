@@ -160,7 +160,8 @@ class DigitsAlignReward:
     def __init__(self, classifier: nn.Module, log_prob: bool = True, dataset: str = "digits") -> None:
         if not isinstance(log_prob, bool):
             raise UserError(f"digits-align option 'log_prob' must be true or false, got {log_prob!r}")
-        self._scorer = DigitsTargetReward(classifier, "even")  # its per-device classifier copies and log_probs
+        # the target set is unused: only its per-device classifier copies and log_probs are
+        self._scorer = DigitsTargetReward(classifier, "even")
         self.log_prob, self.dataset = log_prob, dataset
         self.name = "digits-align" if dataset == "digits" else f"{dataset}-align"
 
@@ -182,9 +183,9 @@ class DigitsAlignReward:
         """``alignment``: share of samples whose arg-max class is the prompted digit; ``alignment_per_prompt``:
         the same per prompted digit (10 values; NaN where no sample had that prompt); ``class_histogram``."""
         prompted = self._prompted(x, cond)
-        pred = self._scorer.log_probs(x).argmax(dim=-1)
+        log_probs = self._scorer.log_probs(x)
+        pred, classes = log_probs.argmax(dim=-1), log_probs.shape[1]
         hit = (pred == prompted).float()
-        classes = self._scorer._on(x.device)[1].numel()
         counts = torch.bincount(prompted, minlength=classes).float()
         per = torch.bincount(prompted, weights=hit, minlength=classes) / counts
         return {"alignment": float(hit.mean().item()) if len(hit) else 0.0, "alignment_per_prompt": per.tolist(),
