@@ -8,8 +8,10 @@ Sections (each prints a Markdown table; every ratio is measured side by side in 
 compared variants interleaved round by round, so that a noisy machine slows all of them alike):
 
 1. ``anatomy``: one fine-tuning step (``trainer.run_steps``, refresh amortised) against the sum of the network
-   passes it needs (policy sampling per step, reference forward, model forward + backward), for our default
-   and for a configuration that mirrors the published code. Bar: overhead ratio <= 1.15.
+   passes it needs (policy sampling per step, reference forward, model forward + backward, each on the rows the
+   algorithm says it sends through them: ``Algorithm.network_rows``, 2B through the model when the W2 term has
+   interpolants of its own), for our default and for a configuration that mirrors the published code.
+   Bar: overhead ratio <= 1.10.
 2. ``target``: training wall time (evaluations excluded) until the target fraction on a fixed evaluation set
    first reaches 95 %, with the diversity at that point >= 70 % of the reference's; the published-style
    configuration (fresh batch every step, Euler x 100, refresh every epoch) against our default and against
@@ -55,6 +57,7 @@ from orwcfm.train import make_adam
 SECTIONS = ("anatomy", "target", "solvers", "options", "memory")
 TARGET_FRACTION = 0.95
 DIVERSITY_BAR = 0.70
+OVERHEAD_BAR = 1.10
 
 # The configuration of the published code, in our terms: a fresh batch from the policy for every gradient step,
 # 100 Euler steps, the policy refreshed once per epoch. Everything else (loss, alpha, tau, lr, OT) is the preset's,
@@ -122,6 +125,7 @@ class Anatomy:
     sampling_ms: float
     reference_ms: float
     model_ms: float
+    model_rows: int
     reward_ms: float
     coupling_ms: float
     optimizer_ms: float
@@ -140,8 +144,9 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
     cfg = trainer.config
     b, shape = cfg.batch_size, trainer._shape()
     gen = torch.Generator().manual_seed(0)
-    x1 = trainer.sample(b, seed=1)
-    xt, t = torch.randn((b, *shape), generator=gen), torch.rand(b, generator=gen)
+    rows = trainer.algorithm.network_rows(b)  # e.g. 2B through the model when the W2 term has its own interpolants
+    x1 = trainer.sample(rows.model, seed=1)
+    xt, t = torch.randn((rows.model, *shape), generator=gen), torch.rand(rows.model, generator=gen)
     n_sample = cfg.buffer_size or cfg.batch_size
     noise = torch.randn((n_sample, *shape), generator=gen)
     per_step = samples_per_step(cfg) / n_sample  # refreshes of this size per gradient step
@@ -155,7 +160,7 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
 
     def reference() -> None:
         with torch.inference_mode():
-            trainer.reference(t, xt)
+            trainer.reference(t[: rows.reference], xt[: rows.reference])
 
     def model() -> None:
         probe.zero_grad(set_to_none=True)
@@ -165,7 +170,7 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
         trainer.reward_fn(noise)
 
     def coupling() -> None:
-        trainer.algorithm.coupling(xt, x1)  # the pairing the algorithm uses
+        trainer.algorithm.coupling(xt[:b], x1[:b])  # the pairing the algorithm uses
 
     def optimizer() -> None:
         torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
@@ -180,8 +185,8 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
                          rounds=rounds, warmup=0)
     refresh_share = 1.0 / period if cfg.buffer_size is not None else 1.0  # reward calls per step
     return Anatomy(name=name, step_ms=1e3 * times["step"] / steps, sampling_ms=1e3 * times["sampling"] * per_step,
-                   reference_ms=1e3 * times["reference"] if cfg.w2_coefficient > 0 else 0.0,
-                   model_ms=1e3 * times["model"], reward_ms=1e3 * times["reward"] * refresh_share,
+                   reference_ms=1e3 * times["reference"] if rows.reference > 0 else 0.0,
+                   model_ms=1e3 * times["model"], model_rows=rows.model, reward_ms=1e3 * times["reward"] * refresh_share,
                    coupling_ms=1e3 * times["coupling"], optimizer_ms=1e3 * times["optimizer"])
 
 
@@ -197,11 +202,11 @@ def section_anatomy(args: argparse.Namespace, savedir: str) -> tuple[str, list[d
     ours.evaluate()
     eval_s = median_times({"evaluate": ours.evaluate}, rounds=1 if args.quick else 3, warmup=0)["evaluate"]
     epoch_s = results[0].step_ms * ours.config.steps_per_epoch / 1e3
-    rows = [[a.name, a.sampling_ms, a.reference_ms, a.model_ms, a.passes_ms, a.step_ms,
-             f"{a.overhead:.3f} ({'PASS' if a.overhead <= 1.15 else 'FAIL'})",
+    rows = [[a.name, a.sampling_ms, a.reference_ms, f"{a.model_ms:.3g} ({a.model_rows} rows)", a.passes_ms, a.step_ms,
+             f"{a.overhead:.3f} ({'PASS' if a.overhead <= OVERHEAD_BAR else 'FAIL'})",
              f"{a.reward_ms:.2f} / {a.coupling_ms:.2f} / {a.optimizer_ms:.2f}"] for a in results]
     table = markdown(["config", "sampling / step (ms)", "reference fwd (ms)", "model fwd+bwd (ms)", "sum of passes (ms)",
-                      "measured step (ms)", "overhead ratio (bar 1.15)", "of the rest: reward / OT / clip+Adam (ms)"], rows)
+                      "measured step (ms)", f"overhead ratio (bar {OVERHEAD_BAR})", "of the rest: reward / OT / clip+Adam (ms)"], rows)
     table += (f"\n\nOne evaluation of the default run ({ours.config.eval_samples} samples, "
               f"{ours.config.eval_sampling.solver} x {ours.config.eval_sampling.steps}, every metric incl. Vendi, exact W2, "
               f"W2 bound, digits judge): {eval_s:.1f} s, against {epoch_s:.1f} s for the epoch's "

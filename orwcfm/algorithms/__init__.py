@@ -11,7 +11,7 @@ from typing import Any
 from .. import distributed as dist_util
 from ..errors import UserError
 from ..paths import StraightPath
-from .base import Algorithm, LossOutput
+from .base import Algorithm, LossOutput, NetworkRows
 from .orw_cfm_w2 import ORWCFMW2, ORWConfig
 
 ALGORITHMS: dict[str, tuple[type, type]] = {ORWCFMW2.name: (ORWCFMW2, ORWConfig)}
@@ -36,4 +36,4 @@ def make_algorithm(config: Any, *, path: StraightPath, coupling: Callable[..., A
     return cls(settings.from_config(config), path=path, coupling=coupling, dist=dist)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LossOutput", "ORWCFMW2", "ORWConfig", "check_algorithm_config", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "LossOutput", "NetworkRows", "ORWCFMW2", "ORWConfig", "check_algorithm_config", "make_algorithm"]

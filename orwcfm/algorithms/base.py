@@ -44,6 +44,14 @@ class LossOutput:
     stats: dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class NetworkRows:
+    """Rows per training step through the trained model (forward and backward) and the reference (forward)."""
+
+    model: int
+    reference: int
+
+
 class Algorithm(ABC):
     """One reward fine-tuning method. Subclasses set ``name`` and ``stat_keys`` and implement :meth:`loss`."""
 
@@ -58,8 +66,13 @@ class Algorithm(ABC):
     def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig) -> torch.Tensor:
         """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``, with
         the policy's sampler settings (``config.sampling``: solver, steps, chunk size, precision, guidance)."""
-        return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps, batch_size=sampler.batch_size,
-                        precision=sampler.precision, cond=cond)
+        return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps,
+                        batch_size=sampler.batch_size, precision=sampler.precision, cond=cond)
+
+    def network_rows(self, batch_size: int) -> NetworkRows:
+        """How many rows of a minibatch of ``batch_size`` go through each network per step (for the step anatomy
+        of ``benchmarks/finetune_speed.py``: the passes a step cannot do without)."""
+        return NetworkRows(model=batch_size, reference=batch_size if self.uses_reference else 0)
 
     def refresh(self, buffer: Any) -> None:
         """Called once per refresh with the new :class:`~orwcfm.finetune.buffer.SampleBuffer` (on every rank)."""

@@ -18,10 +18,10 @@ from torch import nn
 from .. import distributed as dist_util
 from ..couplings import Pairing
 from ..errors import UserError
-from ..finetune.orw import orw_cfm_w2_loss
+from ..finetune.orw import orw_cfm_w2_loss, separate_w2_pass
 from ..finetune.weights import WEIGHTINGS, RefreshScale, grouped_log_z, loss_weights, refresh_scale
 from ..paths import StraightPath
-from .base import Algorithm, LossOutput
+from .base import Algorithm, LossOutput, NetworkRows
 
 WEIGHT_GROUPS = ("batch", "condition")
 
@@ -88,6 +88,12 @@ class ORWCFMW2(Algorithm):
     @property
     def uses_reference(self) -> bool:
         return self.config.w2_coefficient > 0  # alpha = 0: no reference pass at all
+
+    def network_rows(self, batch_size: int) -> NetworkRows:
+        # under OT (or resampling) the W2 term has interpolants of its own, batched with the FM term's
+        separate = separate_w2_pass(self.uses_reference, self.coupling)
+        return NetworkRows(model=2 * batch_size if separate else batch_size,
+                           reference=batch_size if self.uses_reference else 0)
 
     def _grouped(self, batch: Any) -> bool:
         if self.config.weight_groups != "condition":

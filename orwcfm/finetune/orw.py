@@ -87,6 +87,17 @@ def systematic_resample(weights: torch.Tensor, generator: torch.Generator | None
     return torch.searchsorted(cdf, positions, right=True).clamp_max(b - 1)
 
 
+def resamples(coupling: Callable[..., Pairing], resample: bool | None = None) -> bool:
+    """Whether the loss applies the weights by resampling: as asked, else exactly when ``coupling`` looks at x1."""
+    return resample if resample is not None else coupling is not independent_coupling
+
+
+def separate_w2_pass(has_reference: bool, coupling: Callable[..., Pairing], resample: bool | None = None) -> bool:
+    """Whether the W2 term needs interpolants of its own, so that the trained model sees 2B rows per step, not B
+    (module docstring): when there is a reference and the flow-matching term's batch is resampled or re-paired."""
+    return has_reference and (resamples(coupling, resample) or coupling is not independent_coupling)
+
+
 def orw_cfm_w2_loss(
     model: nn.Module,
     reference: nn.Module | None,
@@ -128,7 +139,7 @@ def orw_cfm_w2_loss(
         raise ValueError("alpha > 0 needs a reference model")
     check_cond(cond, x1.shape[0], "policy samples")
     fm_x1, mass, drawn = x1, None, None  # mass: set when the weights were applied by resampling (unit weights after)
-    if resample if resample is not None else coupling is not independent_coupling:
+    if resamples(coupling, resample):
         mass = weights.mean()  # E[mass * mean_j fm(resampled_j)] = mean_i w_i fm_i
         drawn = systematic_resample(weights, generator)
         fm_x1 = x1[drawn]
@@ -139,7 +150,7 @@ def orw_cfm_w2_loss(
     target = path.sample(pair.x0, pair.x1, t)
     # The W2 term's interpolants: the policy's samples as drawn, independently paired. They are the FM term's own
     # interpolants exactly when that term uses independent pairs of the un-resampled batch.
-    separate = reference is not None and (mass is not None or coupling is not independent_coupling)
+    separate = separate_w2_pass(reference is not None, coupling, resample)
     if separate:
         x_w2 = path.sample(x0, x1, t).x_t
         both = index_cond(cond, torch.cat([fm_rows, torch.arange(len(t), device=fm_rows.device)]))
