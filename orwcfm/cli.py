@@ -117,7 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .finetune.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.ckpt, reward=args.reward, num_samples=args.n, seed=args.seed, weights=args.weights,
-                                 solver=args.solver, steps=args.steps, cache=args.cache, device=args.device)
+                                 solver=args.solver, steps=args.steps, cache=args.cache, device=args.device,
+                                 guidance=args.guidance)
     out = Path(args.out) if args.out else Path(result.checkpoint) / "evaluation.json"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "raw"), help="EMA or raw weights (default: EMA when the checkpoint has it)")
     p.add_argument("--solver", help="ODE solver (default: the checkpoint's config)")
     p.add_argument("--steps", type=int, help="solver steps (default: the checkpoint's config)")
+    p.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale for a conditional "
+                   "model (1 = none; default: the run's eval_sampling.guidance); the samples spread over its prompts")
     p.add_argument("--out", metavar="FILE.json", help="where to write the metrics (default CHECKPOINT/evaluation.json)")
     p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
     p.add_argument("--device", default="cpu")

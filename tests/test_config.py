@@ -38,7 +38,7 @@ def test_layers_apply_in_order(tmp_path):
 # YAML files (orwcfm/presets); change a value here only together with a deliberate change of that preset.
 CACHED_REFERENCE_DIGESTS = {
     "digits": "6e19370a99", "patches": "0e7e39d3f4", "mnist5k": "452b3f5803", "gaussian-1d": "b09dd01f26",
-    "8gaussians": "4e024f8b3b", "moons": "1f4c163c1d", "digits-cond": "f3105d4fdc",
+    "8gaussians": "4e024f8b3b", "moons": "1f4c163c1d", "digits-cond": "f3105d4fdc", "mnist5k-cond": "0ec755dd66",
 }
 
 
@@ -48,7 +48,7 @@ def test_builtin_references_keep_their_cache_folder(name):
 
 
 def test_presets_live_once_in_the_package_and_configs_is_a_view_of_them():
-    assert sorted(FINETUNE_PRESETS) == ["digits-align", "digits-even", "mnist5k-even", "patches-jpeg", "toy-2d"]
+    assert sorted(FINETUNE_PRESETS) == ["digits-align", "digits-even", "mnist5k-align", "mnist5k-even", "patches-jpeg", "toy-2d"]
     assert {"digits", "mnist5k", "patches", "8gaussians"} <= set(PRETRAIN_PRESETS)
     for kind, presets in (("pretrain", PRETRAIN_PRESETS), ("finetune", FINETUNE_PRESETS)):
         for name in presets:

@@ -62,8 +62,8 @@ def test_default_finetune_config_is_pinned():
 
 def test_every_preset_and_reference_is_pinned():
     assert sorted(PRETRAIN_PRESETS) == sorted(PINNED["pretrain_presets"])
-    assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align"])  # one preset added since
-    assert sorted(BUILTIN_REFERENCES) == sorted(PINNED["builtin_references"])
+    assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align", "mnist5k-align"])  # added since
+    assert sorted(BUILTIN_REFERENCES) == sorted([*PINNED["builtin_references"], "mnist5k-cond"])  # added since
     for name, pinned in PINNED["pretrain_presets"].items():
         assert _without_new_keys(to_dict(pretrain_config(name))) == pinned, name
     for name, pinned in PINNED["finetune_presets"].items():
@@ -142,3 +142,14 @@ def test_the_digits_align_preset_is_the_documented_setting():
     assert cfg.prompts == tuple(f"a handwritten {d}" for d in range(10))
     assert (cfg.samples_per_prompt, cfg.w2_coefficient, cfg.temperature, cfg.coupling) == (8, 0.1, 2.0, "ot")
     assert (cfg.batch_size, cfg.buffer_size, cfg.epochs, cfg.steps_per_epoch) == (128, 1024, 8, 50)
+
+
+def test_the_mnist5k_align_preset_is_digits_align_on_the_28x28_digits():
+    cfg, small = finetune_config(config_file="mnist5k-align"), finetune_config(config_file="digits-align")
+    assert cfg.ref_path == "builtin:mnist5k-cond" and cfg.reward == "digits-align"
+    assert cfg.reward_options == {"dataset": "mnist5k"} and cfg.prompts == small.prompts
+    assert (cfg.samples_per_prompt, cfg.w2_coefficient, cfg.temperature, cfg.coupling) == (8, 0.1, 2.0, "ot")
+    assert (cfg.batch_size, cfg.buffer_size, cfg.epochs, cfg.steps_per_epoch) == (64, 512, 8, 100)
+    conditional = reference_config("mnist5k-cond")
+    assert conditional.conditional and conditional.condition_dropout == 0.1 and conditional.data.name == "mnist5k"
+    assert conditional.model == reference_config("mnist5k").model and conditional.steps == 5000

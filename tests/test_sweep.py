@@ -221,3 +221,62 @@ def test_digits_judge_on_real_digits():
     # the gold classifier (an MLP, trained on the other half) recognises real even digits as even
     assert on_even["gold_target_fraction"] > 0.95 and on_even["gold_reward_mean"] > 0.9
     assert on_even["digits_fd_data"] > 1.0  # only half the classes: far from the data
+
+
+LABEL_REWARD = '''
+import torch
+
+def signed_mean(x, cond):
+    """Prompt 1 wants bright images, prompt 0 dark ones: the reward depends on the condition."""
+    return x.flatten(1).mean(1) * (2 * cond.values.float() - 1)
+'''
+
+
+@pytest.mark.slow
+def test_evaluate_a_conditional_checkpoint_under_its_prompts_and_guidance(tmp_path):
+    # `orwcfm evaluate` must draw a conditional model's samples as its run did (spread over the prompts, the reference
+    # under the same conditions, guidance as asked): recompute the numbers from the same noise and labels.
+    from orwcfm.conditions import Labels
+    from orwcfm.guidance import guided
+
+    ref = pretrain(pretrain_config("digits", data={"name": "digits", "options": {"digits": [0, 1]}}, steps=20,
+                                   batch_size=32, conditional=True, condition_dropout=0.2, num_samples=4,
+                                   log_every=10, checkpoint_every=20, ema_decay=None,
+                                   model={"kind": "unet", "options": {"base_channels": 8}}), tmp_path / "ref",
+                   progress=False).checkpoint
+    (tmp_path / "signed.py").write_text(LABEL_REWARD)
+    run = tmp_path / "run"
+    assert main(["finetune", "--config", "digits-align", "--ref", str(ref), "--out", str(run), "--no-progress",
+                 "--set", *QUICK, f"reward={tmp_path / 'signed.py'}:signed_mean", "judge=none",
+                 "prompts=[dark, bright]", "samples_per_prompt=4", "eval_sampling.guidance=2.0"]) == 0
+    result = evaluate_checkpoint(run, num_samples=20, seed=3)
+    assert result.prompts == ["dark", "bright"] and result.guidance == 2.0  # the run's evaluation guidance
+    assert result.to_dict()["prompts"] == ["dark", "bright"]
+
+    loaded, reference = load_checkpoint(run), load_checkpoint(ref).build_model("raw")
+    noise = torch.randn((20, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    labels = Labels(torch.arange(20) % 2, 2)  # spread evenly: 0, 1, 0, 1, ...
+    model = loaded.build_model(result.weights)
+    x = integrate(guided(model, 2.0, labels), noise, solver="midpoint", steps=4, cond=labels).samples
+    y = integrate(guided(reference, 2.0, labels), noise, solver="midpoint", steps=4, cond=labels).samples
+    assert torch.allclose(result.evaluation.samples, x, atol=1e-5)
+    signed = x.flatten(1).mean(1) * (2 * labels.values.float() - 1)
+    assert result.metrics["reward_mean"] == pytest.approx(signed.mean().item(), rel=1e-5)
+    assert result.metrics["w2_to_reference"] == pytest.approx(empirical_w2(x, y), rel=1e-5)
+    # without the conditions the reward would be another number: the test fails for a prompt-blind evaluation
+    blind = integrate(model, noise, solver="midpoint", steps=4).samples
+    assert not torch.allclose(blind, x, atol=1e-3)
+
+    plain = evaluate_checkpoint(run, num_samples=20, seed=3, guidance=1.0)  # the flag overrides the run's scale
+    x1 = integrate(model, noise, solver="midpoint", steps=4, cond=labels).samples
+    assert plain.guidance == 1.0 and torch.allclose(plain.evaluation.samples, x1, atol=1e-5)
+    # a pretraining checkpoint has no prompts: its classes are the prompts
+    assert evaluate_checkpoint(ref, reward=f"{tmp_path / 'signed.py'}:signed_mean", num_samples=8,
+                               judge="none").prompts == ["class 0", "class 1"]
+    with pytest.raises(UserError, match=r"guidance scale must be a number >= 0 \(1 = no guidance\), got -1"):
+        evaluate_checkpoint(run, num_samples=8, guidance=-1.0)
+
+
+def test_evaluate_refuses_guidance_for_an_unconditional_model(reference):
+    with pytest.raises(UserError, match="guidance 2 needs a conditional model; this checkpoint's model is unconditional"):
+        evaluate_checkpoint(reference, reward="linear", num_samples=8, guidance=2.0)

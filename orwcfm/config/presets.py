@@ -29,4 +29,6 @@ BUILTIN_REFERENCES: dict[str, dict[str, Any]] = {
     # The class-conditional digits reference of the prompted-digits task: the digits preset, with the labels as
     # conditions and 10 % of them withheld (the null label that classifier-free guidance needs).
     "digits-cond": {"data": "digits", "conditional": True, "condition_dropout": 0.1},
+    # The same for the 28x28 digits of mnist5k (needs the 'mnist5k' extra): the mnist5k preset's UNet and schedule.
+    "mnist5k-cond": {"data": "mnist5k", "conditional": True, "condition_dropout": 0.1},
 }

@@ -34,8 +34,9 @@ from torch import nn
 
 from ..metrics import (RewardStats, empirical_w2, mean_pairwise_distance, median_distance, reward_stats, vendi_score,
                        w2_bound)
-from ..conditions import Cond, chunk_cond
+from ..conditions import Cond, Labels, chunk_cond
 from ..errors import UserError
+from ..guidance import check_guidance, guided
 from ..rewards import call_reward
 from ..rewards.base import takes_condition
 from .. import sampling
@@ -250,10 +251,14 @@ class CheckpointEvaluation:
     metrics: dict[str, float]
     class_histogram: list[float] | None
     evaluation: Evaluation = field(repr=False)
+    prompts: list[str] | None = None  # a conditional model's prompts (class k is prompt k), spread evenly over the samples
+    guidance: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("checkpoint", "kind", "step", "weights", "reward", "num_samples", "seed",
                                               "solver", "steps", "reference", "metrics")}
+        if self.prompts is not None:
+            out |= {"prompts": self.prompts, "guidance": self.guidance}
         if self.class_histogram is not None:
             out["class_histogram"] = self.class_histogram
         return out
@@ -261,7 +266,8 @@ class CheckpointEvaluation:
     def table(self) -> str:
         """Markdown table of every metric."""
         lines = [f"checkpoint {self.checkpoint} ({self.kind}, step {self.step}, {self.weights} weights), reward {self.reward}, "
-                 f"{self.num_samples} samples (seed {self.seed}, {self.solver} x {self.steps})",
+                 f"{self.num_samples} samples (seed {self.seed}, {self.solver} x {self.steps})"
+                 + (f", spread over {len(self.prompts)} prompts at guidance {self.guidance:g}" if self.prompts else ""),
                  "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
         if self.class_histogram is not None:
@@ -271,13 +277,18 @@ class CheckpointEvaluation:
 
 def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samples: int = 1000, seed: int = 0,
                         weights: str | None = None, solver: str | None = None, steps: int | None = None,
-                        cache: str | Path | None = None, device: str = "cpu", judge: str | None = None) -> CheckpointEvaluation:
+                        cache: str | Path | None = None, device: str = "cpu", judge: str | None = None,
+                        guidance: float | None = None) -> CheckpointEvaluation:
     """Sample ``num_samples`` from a checkpoint (fixed ``seed``) and measure everything :func:`evaluate` can.
 
     The reward is ``reward`` (a name) or the one the run was fine-tuned with; for a fine-tuning checkpoint the
     reference it recorded is loaded too, and the distances to it are measured from the same noise; the W2 floor
     uses the next ``num_samples`` draws of the same seeded stream as its independent noise. ``judge``: see
     :func:`judge_dataset` (default: the run's own setting, else ``auto``).
+
+    A class-conditional model is evaluated as its run evaluated it: the samples spread evenly over its prompts (the
+    run's ``prompts``; for a pretraining checkpoint, its classes), model and reference both under them, with
+    classifier-free guidance ``guidance`` (default: the run's ``eval_sampling.guidance``, else 1 = none).
     """
     from ..checkpoint import load_checkpoint
     from ..rewards import load_reward
@@ -299,6 +310,7 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     sampler = config.get("eval_sampling") or config.get("sampling", {})  # the run's own evaluation sampler
     solver, steps = solver or sampler.get("solver", "midpoint"), steps or sampler.get("steps", 10)
     check_solver(solver, steps)
+    prompts, cond, scale = _conditions(model, config, num_samples, guidance, sampler, device)
     shape = tuple(loaded.spec.event_shape)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_samples, *shape), generator=gen).to(device)
@@ -309,15 +321,36 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
         ref_ckpt = load_checkpoint(ref_info["path"])
         reference = ref_ckpt.build_model(ref_info.get("weights") or "ema", device=device)
         floor_noise = torch.randn(noise.shape, generator=gen).to(device)  # the stream after the noise: independent
-        ref = reference_set(reference, noise, floor_noise, solver=solver, steps=steps)
-    ev = evaluate(model, reward_fn, noise, solver=solver, steps=steps, name=reward_name, reference=reference,
-                  reference_samples=ref.samples if ref else None, vendi_bandwidth=ref.bandwidth if ref else None,
-                  reference_floor=ref.w2_floor if ref else None,
+        reference = guided(reference, scale, cond)
+        ref = reference_set(reference, noise, floor_noise, solver=solver, steps=steps, cond=cond)
+    ev = evaluate(guided(model, scale, cond), reward_fn, noise, solver=solver, steps=steps, name=reward_name,
+                  reference=reference, reference_samples=ref.samples if ref else None,
+                  vendi_bandwidth=ref.bandwidth if ref else None, reference_floor=ref.w2_floor if ref else None,
                   judge=make_judge(judge_dataset(judge or config.get("judge", "auto"), reward_fn,
-                                                 pretrained_on(ref_ckpt or loaded)), reward_fn, cache))
+                                                 pretrained_on(ref_ckpt or loaded)), reward_fn, cache), cond=cond)
     return CheckpointEvaluation(
         checkpoint=str(loaded.path), kind=kind, step=loaded.meta.get("step"), weights=which, reward=reward_name,
         num_samples=num_samples, seed=seed, solver=solver, steps=steps,
         reference=ref_info.get("path") if ref_info else None, metrics=ev.scalars(),
-        class_histogram=ev.task.get("class_histogram"), evaluation=ev,
+        class_histogram=ev.task.get("class_histogram"), evaluation=ev, prompts=prompts, guidance=scale,
     )
+
+
+def _conditions(model: nn.Module, config: dict[str, Any], n: int, guidance: float | None, sampler: dict[str, Any],
+                device: str) -> tuple[list[str] | None, Labels | None, float]:
+    """The prompts, the ``n`` evaluation conditions (spread evenly over them) and the guidance scale of a checkpoint's
+    evaluation; (None, None, 1.0) for an unconditional model (where a guidance scale other than 1 is refused)."""
+    from ..conditions import ClassPrompts
+
+    classes = getattr(model, "num_classes", None)
+    scale = guidance if guidance is not None else sampler.get("guidance", 1.0)
+    check_guidance(scale)
+    if classes is None:
+        if scale != 1.0:
+            raise UserError(f"guidance {scale:g} needs a conditional model; this checkpoint's model is unconditional "
+                            "(guidance 1 = none)")
+        return None, None, 1.0
+    prompts = list(config.get("prompts") or [f"class {k}" for k in range(classes)])
+    if len(prompts) != classes:
+        raise UserError(f"the checkpoint's config has {len(prompts)} prompts for a model of {classes} classes")
+    return prompts, ClassPrompts(tuple(prompts)).spread(n, device), float(scale)
