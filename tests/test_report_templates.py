@@ -109,3 +109,17 @@ def test_report_notes_broken_metrics_lines(tmp_path):
         f.write("{half\n")
     page = html.unescape(write_report(run).read_text(encoding="utf-8"))
     assert "1 line of metrics.jsonl could not be parsed and was skipped" in page
+
+
+def test_hostile_sweep_grid_key_without_sweep_csv_is_escaped(tmp_path):
+    # without sweep.csv the results table is built from the cells, its headers are the grid keys as written
+    sweep = tmp_path / "sweep"
+    key = f"{SCRIPT}{QUOTES}"
+    hand_run(sweep / "cells" / "c1", {"epochs": 1})
+    (sweep / "sweep.json").write_text(json.dumps({"config": "x", "grid": {key: [1, 2]}, "overrides": [],
+                                                  "cells": [{"name": "c1", "values": {key: 1}, "run_dir": "cells/c1"}]}))
+    assert not (sweep / "sweep.csv").exists()
+    page = write_report(sweep).read_text(encoding="utf-8")
+    assert "No sweep.csv yet" in page
+    assert_escaped(page, key)
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 2  # the table's header and the grid's axis
