@@ -86,6 +86,7 @@ def integrate(
     atol: float = 1e-5,
     rtol: float = 1e-5,
     cond: Cond | None = None,
+    times: torch.Tensor | None = None,
 ) -> ODEResult:
     """Integrate dx/dt = model(t, x) (``model(t, x, cond)`` for a conditional field) from t = 0 to t = 1 from ``x0``.
 
@@ -99,11 +100,16 @@ def integrate(
         return_trajectory: also return the states at every grid time.
         atol, rtol: tolerances of the adaptive solver.
         cond: the conditions of the B samples, or None for an unconditional field.
+        times: (steps + 1,) the time grid of a fixed-step solver, increasing from 0 to 1 (e.g. a diffusers
+            scheduler's shifted schedule, ``t = 1 - sigma``); default: uniform.
     """
     check_solver(solver, steps)
     batch = x0.shape[0]
     check_cond(cond, batch)
-    times = torch.linspace(0.0, 1.0, steps + 1, device=x0.device, dtype=x0.dtype)
+    if times is None:
+        times = torch.linspace(0.0, 1.0, steps + 1, device=x0.device, dtype=x0.dtype)
+    else:
+        times = check_time_grid(times, steps, solver).to(device=x0.device, dtype=x0.dtype)
     nfe = 0
 
     def f(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +136,18 @@ def integrate(
     return ODEResult(samples=x, trajectory=trajectory, times=times, nfe=nfe)
 
 
+def check_time_grid(times: torch.Tensor, steps: int, solver: str) -> torch.Tensor:
+    """``times`` unless it is not a strictly increasing (steps + 1,) grid from 0 to 1 for a fixed-step solver."""
+    if solver == "dopri5":
+        raise UserError("a time grid is for the fixed-step solvers; dopri5 chooses its own steps")
+    if not isinstance(times, torch.Tensor) or times.shape != (steps + 1,):
+        got = tuple(times.shape) if isinstance(times, torch.Tensor) else type(times).__name__
+        raise UserError(f"the time grid must be a tensor of shape ({steps + 1},) for {steps} steps, got {got}")
+    if float(times[0]) != 0.0 or float(times[-1]) != 1.0 or not bool((times[1:] > times[:-1]).all()):
+        raise UserError(f"the time grid must increase strictly from 0 to 1, got {times.tolist()}")
+    return times
+
+
 def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
     """The context that runs network passes at ``precision``: ``fp32`` (nothing changes) or ``bf16`` (autocast:
     convolutions and matrix products in bfloat16, reductions and the ODE state in float32), on CPU or CUDA."""
@@ -150,8 +168,10 @@ def generate(
     batch_size: int | None = None,
     precision: str = "fp32",
     cond: Cond | None = None,
+    times: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integrate ``model`` from ``noise`` (N, *shape) to t = 1 without gradients, ``batch_size`` samples at a time.
+    """Integrate ``model`` from ``noise`` (N, *shape) to t = 1 without gradients, ``batch_size`` samples at a time
+    (``times``: a fixed-step solver's grid, see :func:`integrate`).
 
     Chunking bounds memory (on a CPU it is not faster: chunks of 512 against one batch of 1024 measured
     0.93-1.04x, ``benchmarks/finetune_speed.py``). ``precision="bf16"`` runs the network under bfloat16
@@ -161,8 +181,8 @@ def generate(
     chunk = batch_size or len(noise)
     check_cond(cond, len(noise))
     with autocast(noise.device, precision):
-        parts = [integrate(model, noise[i : i + chunk], solver=solver, steps=steps, cond=chunk_cond(cond, i, i + chunk)).samples
-                 for i in range(0, len(noise), chunk)]
+        parts = [integrate(model, noise[i : i + chunk], solver=solver, steps=steps, cond=chunk_cond(cond, i, i + chunk),
+                           times=times).samples for i in range(0, len(noise), chunk)]
     return torch.cat(parts).to(noise.dtype)
 
 
