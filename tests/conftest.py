@@ -25,3 +25,21 @@ def toy_reference(tmp_path_factory):
                           checkpoint_every=150, num_samples=100, log_every=50,
                           model={"kind": "mlp", "options": {"hidden": 64, "depth": 2}})
     return pretrain(cfg, tmp_path_factory.mktemp("toy-ref"), progress=False).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    """A tiny random SD3 pipeline saved in diffusers' layout (t2i extra); tests that change it load their own."""
+    pytest.importorskip("diffusers", reason="the t2i extra (pip install 'orwcfm[t2i]'); dev installs it, so CI runs this")
+    from orwcfm.t2i.tiny import write_tiny_sd3
+
+    return write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3") / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tiny_sd3_folder):
+    """The tiny SD3 pipeline loaded once for the tests that only read it."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder, local_files_only=True, text_encoder_3=None,
+                                                    tokenizer_3=None)

@@ -6,29 +6,21 @@ import torch
 
 pytest.importorskip("diffusers", reason="the t2i extra (pip install 'orwcfm[t2i]'); dev installs it, so CI runs this")
 
-from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline  # noqa: E402
+from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 
 from orwcfm.errors import UserError  # noqa: E402
 from orwcfm.guidance import guided  # noqa: E402
 from orwcfm.sampling import integrate  # noqa: E402
 from orwcfm.t2i.sd3 import LatentSpace, PromptEmbeds, SD3Field, time_grid  # noqa: E402
-from orwcfm.t2i.tiny import write_tiny_sd3  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    folder = write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3") / "pipe")
-    return StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
-                                                    tokenizer_3=None)
+from orwcfm.t2i.prompts import encode_prompts  # noqa: E402
 
 
 def embeds(pipe, prompts):
-    hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False)
-    null_hidden, _, null_pooled, _ = pipe.encode_prompt([""], None, None, do_classifier_free_guidance=False)
-    return PromptEmbeds(hidden, pooled, torch.arange(len(prompts)), null_hidden[0], null_pooled[0])
+    return encode_prompts(pipe, prompts).embeds(torch.arange(len(prompts)))
 
 
-def test_one_euler_step_is_the_schedulers_step(pipe):
+def test_one_euler_step_is_the_schedulers_step(tiny_sd3):
+    pipe = tiny_sd3
     cond = embeds(pipe, ["a red apple", "a blue car"])
     field, scheduler = SD3Field(pipe.transformer), FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     times = time_grid(scheduler, 4)
@@ -46,7 +38,8 @@ def test_one_euler_step_is_the_schedulers_step(pipe):
     assert not torch.allclose(ours, z, atol=1e-3)  # the step moves the latents
 
 
-def test_guided_sampling_is_the_pipelines_output(pipe):
+def test_guided_sampling_is_the_pipelines_output(tiny_sd3):
+    pipe = tiny_sd3
     prompts, steps, scale = ["a red apple", "a blue car"], 3, 4.0
     latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     expected = pipe(prompts, num_inference_steps=steps, guidance_scale=scale, latents=latents.clone(),
@@ -67,7 +60,8 @@ def test_guided_sampling_is_the_pipelines_output(pipe):
     assert images.shape == (2, 3, 32, 32) and torch.allclose(images, reference, atol=1e-4)
 
 
-def test_prompt_embeddings_follow_reordering_and_have_a_null(pipe):
+def test_prompt_embeddings_follow_reordering_and_have_a_null(tiny_sd3):
+    pipe = tiny_sd3
     cond = embeds(pipe, ["a", "b", "c"])
     idx = torch.tensor([2, 0, 0])
     moved = cond.index(idx)
@@ -76,7 +70,8 @@ def test_prompt_embeddings_follow_reordering_and_have_a_null(pipe):
     assert torch.equal(null.hidden[1], cond.null_hidden) and torch.equal(null.pooled[2], cond.null_pooled)
 
 
-def test_bad_resolution_and_grid_are_one_line(pipe):
+def test_bad_resolution_and_grid_are_one_line(tiny_sd3):
+    pipe = tiny_sd3
     space = LatentSpace.of(pipe.vae)
     assert space.shape(32, 48, patch_size=1) == (4, 32, 48)
     with pytest.raises(UserError, match=r"resolution 33x32 must be a positive multiple of 2 \(VAE factor 1 x patch size 2\)"):

@@ -10,7 +10,6 @@ pipeline scales them: ``z = (vae_latent - shift_factor) * scaling_factor``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,14 +142,3 @@ class LatentSpace:
         parts = [vae.decode((z[i:i + chunk] / self.scale + self.shift).to(dtype), return_dict=False)[0]
                  for i in range(0, len(z), chunk)]
         return (torch.cat(parts).float() / 2 + 0.5).clamp(0, 1)
-
-
-def check_prompts(prompts: Sequence[str]) -> list[str]:
-    """The prompts as a list; one line for an empty set or an empty prompt."""
-    prompts = list(prompts)
-    if not prompts:
-        raise UserError("the prompt set is empty: give at least one prompt")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise UserError(f"prompt {i + 1} is empty or not text: {p!r}")
-    return prompts

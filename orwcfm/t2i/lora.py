@@ -1,0 +1,187 @@
+"""LoRA roles: the trained model, the sampling policy and the reference as three states of one network (peft).
+
+    trained     adapter ``default`` (the one saved, in diffusers' LoRA format)
+    policy      adapter ``policy``, a frozen copy of ``default`` refreshed by the loop
+    reference   the adapters disabled: the base weights exactly
+
+One copy of the base weights is in memory (frozen; bf16 where asked), the adapters' weights and Adam's state in
+fp32 (peft keeps adapter weights in float32 by default). Each role is a view that switches the adapter state of
+the shared network for its own forward (when it is not already in that state), so the loop calls the roles as it
+calls today's copies (:class:`~orwcfm.finetune.roles.CopyRoles`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+TRAIN, POLICY = "default", "policy"
+
+
+def _help(text: str, default: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapters on the transformer."""
+
+    rank: int = _help("r, the rank of each adapter (its A is r x in, its B out x r; B starts at 0).", 16)
+    alpha: float = _help("lora_alpha: the adapter's output is scaled by alpha / rank.", 16.0)
+    target_modules: tuple[str, ...] = _help(
+        "Names (suffixes) of the transformer's linear layers that get adapters; SD3 and Flux: the attention "
+        "projections.", ("to_k", "to_q", "to_v", "to_out.0"))
+    dropout: float = _help("Dropout on the adapters' input during training (0: none, so that the W2 term is "
+                           "exactly 0 while the adapter is 0).", 0.0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise UserError(f"lora rank must be a positive integer, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
+            raise UserError(f"lora alpha must be a number > 0, got {self.alpha!r}")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise UserError(f"lora target_modules must be a non-empty list of module names, got {self.target_modules!r}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.target_modules),
+                          lora_dropout=self.dropout, init_lora_weights="gaussian")
+
+
+def check_targets(transformer: nn.Module, targets: tuple[str, ...]) -> None:
+    """One line unless every target name matches at least one linear layer of ``transformer``."""
+    names = [n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:12]
+        raise UserError(f"lora target_modules {missing} match no linear layer of {type(transformer).__name__} "
+                        f"(its linear layers end in e.g. {', '.join(examples)})")
+
+
+class _RoleView(nn.Module):
+    """A role of the shared network: ``field`` run with ``adapter`` active (None: adapters disabled)."""
+
+    def __init__(self, roles: LoraRoles, adapter: str | None) -> None:
+        super().__init__()
+        self.field = roles.field
+        self._roles = [roles]  # a list, so that nn.Module does not register the roles object as a child
+        self.adapter = adapter
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self._roles[0].state(self.adapter):
+            return self.field(*args, **kwargs)
+
+
+class LoraRoles:
+    """Trained adapter, policy adapter and reference (adapters off) of one transformer.
+
+    Args:
+        field: the velocity field wrapping ``transformer`` (e.g. :class:`~orwcfm.t2i.sd3.SD3Field`).
+        transformer: a diffusers transformer (``PeftAdapterMixin``: ``add_adapter``, ``set_adapter``).
+        settings: rank, alpha, target modules, dropout.
+        gradient_checkpointing: recompute the transformer's activations in backward (memory for time).
+    """
+
+    def __init__(self, field: nn.Module, transformer: nn.Module, settings: LoraSettings = LoraSettings(), *,
+                 gradient_checkpointing: bool = False) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        check_targets(transformer, settings.target_modules)
+        self.field, self.transformer, self.settings = field, transformer, settings
+        transformer.requires_grad_(False)  # the base is frozen; peft makes the active adapter trainable
+        transformer.add_adapter(settings.peft_config(), adapter_name=TRAIN)
+        with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            transformer.add_adapter(settings.peft_config(), adapter_name=POLICY)
+        self._layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self._train_params = [p for n, p in transformer.named_parameters() if f".{TRAIN}." in n]
+        self._policy_params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n]
+        self._activate(TRAIN)
+        if gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.model = _RoleView(self, TRAIN)
+        self.train_net = self.model
+        self.ema = None  # an EMA of the adapter weights is not offered yet
+        self._policy, self._reference = _RoleView(self, POLICY), _RoleView(self, None)
+        self.refresh_policy()
+
+    # -- adapter state --------------------------------------------------------------------------------------------
+
+    def _activate(self, adapter: str | None) -> None:
+        for layer in self._layers:
+            layer.enable_adapters(adapter is not None)
+            if adapter is not None:
+                layer.set_adapter(adapter)
+        # peft's set_adapter makes the active adapter trainable and the others not: the trained adapter stays
+        # trainable whatever is active (the optimizer holds it), the policy adapter never is
+        for p in self._train_params:
+            p.requires_grad_(True)
+        for p in self._policy_params:
+            p.requires_grad_(False)
+        self._active = adapter
+
+    @contextmanager
+    def state(self, adapter: str | None) -> Iterator[None]:
+        """The shared network with ``adapter`` active (None: every adapter off) inside the block. The state is
+        switched only when it differs from the last one (a sampling run of the policy switches once, not at every
+        step); every role enters its own state, so none can see another's."""
+        if adapter != self._active:
+            self._activate(adapter)
+        yield
+
+    # -- the roles (ModelRoles) ---------------------------------------------------------------------------------
+
+    def policy(self) -> nn.Module:
+        return self._policy
+
+    def policy_net(self) -> nn.Module:
+        return self._policy
+
+    def reference(self) -> nn.Module:
+        return self._reference
+
+    def current(self) -> nn.Module:
+        return self.model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The trained adapter's weights (what the optimizer holds)."""
+        return list(self._train_params)
+
+    def adapter_state(self, adapter: str = TRAIN) -> dict[str, torch.Tensor]:
+        """The weights of ``adapter`` under peft's names without the adapter name (the LoRA file's keys)."""
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.transformer, adapter_name=adapter)
+
+    def refresh_policy(self) -> None:
+        """policy adapter <- trained adapter."""
+        from peft.utils import set_peft_model_state_dict
+
+        with torch.no_grad():
+            set_peft_model_state_dict(self.transformer, self.adapter_state(TRAIN), adapter_name=POLICY)
+
+    def reset_to_model(self) -> None:
+        """Nothing to reset: the reference is the base itself; the policy follows the trained adapter."""
+        self.refresh_policy()
+
+    def save_lora(self, folder: str | Path, pipeline_class: Callable[..., Any]) -> Path:
+        """The trained adapter in diffusers' LoRA format: ``folder/pytorch_lora_weights.safetensors``, which
+        ``pipe.load_lora_weights(folder)`` reads."""
+        folder = Path(folder)
+        # the adapter's config travels in the file's metadata: without it diffusers assumes alpha = rank
+        pipeline_class.save_lora_weights(folder, transformer_lora_layers=self.adapter_state(TRAIN),
+                                         transformer_lora_adapter_metadata=self.transformer.peft_config[TRAIN].to_dict())
+        return folder / "pytorch_lora_weights.safetensors"

@@ -1,0 +1,113 @@
+"""LoRA roles on a tiny random SD3 transformer: the reference is the base exactly, the policy follows the trained
+adapter only when refreshed, the W2 term is 0 at the start and its gradient reaches the adapter once it is non-zero,
+the saved LoRA loads into a plain diffusers pipeline and changes its output."""
+
+import pytest
+import torch
+
+pytest.importorskip("peft", reason="the t2i extra (pip install 'orwcfm[t2i]'); dev installs it, so CI runs this")
+
+from diffusers import StableDiffusion3Pipeline  # noqa: E402
+
+from orwcfm.errors import UserError  # noqa: E402
+from orwcfm.finetune.orw import orw_cfm_w2_loss  # noqa: E402
+from orwcfm.t2i.lora import POLICY, TRAIN, LoraRoles, LoraSettings  # noqa: E402
+from orwcfm.t2i.prompts import encode_prompts  # noqa: E402
+from orwcfm.t2i.sd3 import SD3Field  # noqa: E402
+
+
+def load(folder):
+    return StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
+                                                    tokenizer_3=None)
+
+
+def inputs(pipe, seed=0):
+    cond = encode_prompts(pipe, ["a red apple", "a blue car"]).embeds(torch.tensor([0, 1]))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(2, generator=gen), torch.randn(2, 4, 32, 32, generator=gen), cond
+
+
+def perturb(roles, adapter=TRAIN, scale=0.5, seed=0):
+    """LoRA's B starts at 0, so nothing would differ: give the adapter's B matrices random values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in roles.transformer.named_parameters():
+            if f"lora_B.{adapter}." in name:
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
+
+
+def test_the_roles_are_states_of_one_network(tiny_sd3_folder):
+    pipe = load(tiny_sd3_folder)
+    t, z, cond = inputs(pipe)
+    field = SD3Field(pipe.transformer)
+    with torch.no_grad():
+        base = field(t, z, cond)
+        roles = LoraRoles(field, pipe.transformer, LoraSettings(rank=4))
+        assert torch.equal(roles.reference()(t, z, cond), base) and torch.equal(roles.model(t, z, cond), base)
+        perturb(roles)
+        trained = roles.model(t, z, cond)
+        assert not torch.allclose(trained, base, atol=1e-4)
+        assert torch.equal(roles.reference()(t, z, cond), base)  # adapters off: the base weights exactly
+        assert torch.equal(roles.policy()(t, z, cond), base)  # the policy has not been refreshed yet
+        roles.refresh_policy()
+        assert torch.equal(roles.policy()(t, z, cond), trained)
+        assert torch.equal(roles.model(t, z, cond), trained)  # switching states back and forth changes nothing
+    # one copy of the base: the roles share every base weight; only the trained adapter is trainable
+    names = {n for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    assert names and all(f".{TRAIN}." in n for n in names)
+    assert {id(p) for p in roles.trainable_parameters()} == {id(p) for n, p in pipe.transformer.named_parameters()
+                                                            if f".{TRAIN}." in n}
+    assert not any(p.requires_grad for n, p in pipe.transformer.named_parameters() if f".{POLICY}." in n)
+
+
+def test_w2_term_is_zero_at_start_and_its_gradient_reaches_the_adapter(tiny_sd3_folder):
+    pipe = load(tiny_sd3_folder)
+    t, z, cond = inputs(pipe, seed=1)
+    x1 = torch.randn_like(z)
+    roles = LoraRoles(SD3Field(pipe.transformer), pipe.transformer, LoraSettings(rank=4))
+
+    def w2_only():  # zero weights: the loss is alpha * W2 alone
+        out = orw_cfm_w2_loss(roles.model, roles.reference(), x1, torch.zeros(2), z, t, alpha=1.0, cond=cond)
+        pipe.transformer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        return out, {n: p.grad for n, p in pipe.transformer.named_parameters() if p.grad is not None}
+
+    out, grads = w2_only()
+    assert out.w2.item() == 0.0 and all(g.abs().max() == 0 for g in grads.values())
+    perturb(roles, scale=0.05)
+    out, grads = w2_only()
+    assert out.w2.item() > 0
+    assert grads and all(f".{TRAIN}." in n for n in grads)  # the base and the policy adapter get nothing
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_B" in n)
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" in n)
+
+
+def test_the_saved_lora_loads_into_diffusers_and_changes_its_output(tiny_sd3_folder, tmp_path):
+    pipe = load(tiny_sd3_folder)
+    roles = LoraRoles(SD3Field(pipe.transformer), pipe.transformer, LoraSettings(rank=4, alpha=8))
+    perturb(roles, scale=0.2)
+    path = roles.save_lora(tmp_path / "lora", StableDiffusion3Pipeline)
+    assert path.name == "pytorch_lora_weights.safetensors" and path.exists()
+
+    t, z, cond = inputs(pipe, seed=2)
+    with torch.no_grad():
+        ours = roles.model(t, z, cond)
+    fresh = load(tiny_sd3_folder)
+    run = dict(prompt="a red apple", num_inference_steps=2, guidance_scale=1.0, height=32, width=32,
+               output_type="latent", latents=torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3)))
+    before = fresh(**run).images
+    fresh.load_lora_weights(tmp_path / "lora")
+    after = fresh(**run).images
+    assert not torch.allclose(before, after, atol=1e-4)
+    with torch.no_grad():  # the loaded LoRA is our trained adapter: the same velocity
+        loaded = SD3Field(fresh.transformer)(t, z, cond)
+    assert torch.allclose(loaded, ours, atol=1e-5)
+
+
+def test_bad_lora_settings_are_one_line(tiny_sd3):
+    with pytest.raises(UserError, match=r"lora target_modules \['to_nothing'\] match no linear layer of "
+                                        r"SD3Transformer2DModel \(its linear layers end in e.g. "):
+        LoraRoles(SD3Field(tiny_sd3.transformer), tiny_sd3.transformer, LoraSettings(target_modules=("to_q", "to_nothing")))
+    with pytest.raises(UserError, match=r"lora rank must be a positive integer, got 0"):
+        LoraSettings(rank=0)
+    assert not any("lora" in n for n, _ in tiny_sd3.transformer.named_parameters())  # nothing was added
