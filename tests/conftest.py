@@ -39,7 +39,6 @@ def tiny_sd3_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sd3(tiny_sd3_folder):
     """The tiny SD3 pipeline loaded once for the tests that only read it."""
-    from diffusers import StableDiffusion3Pipeline
+    from orwcfm.t2i.load import load_pipeline
 
-    return StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder, local_files_only=True, text_encoder_3=None,
-                                                    tokenizer_3=None)
+    return load_pipeline(tiny_sd3_folder)

@@ -11,14 +11,10 @@ from diffusers import StableDiffusion3Pipeline  # noqa: E402
 
 from orwcfm.errors import UserError  # noqa: E402
 from orwcfm.finetune.orw import orw_cfm_w2_loss  # noqa: E402
+from orwcfm.t2i.load import load_pipeline  # noqa: E402
 from orwcfm.t2i.lora import POLICY, TRAIN, LoraRoles, LoraSettings  # noqa: E402
 from orwcfm.t2i.prompts import encode_prompts  # noqa: E402
 from orwcfm.t2i.sd3 import SD3Field  # noqa: E402
-
-
-def load(folder):
-    return StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True, text_encoder_3=None,
-                                                    tokenizer_3=None)
 
 
 def inputs(pipe, seed=0):
@@ -37,7 +33,7 @@ def perturb(roles, adapter=TRAIN, scale=0.5, seed=0):
 
 
 def test_the_roles_are_states_of_one_network(tiny_sd3_folder):
-    pipe = load(tiny_sd3_folder)
+    pipe = load_pipeline(tiny_sd3_folder)
     t, z, cond = inputs(pipe)
     field = SD3Field(pipe.transformer)
     with torch.no_grad():
@@ -61,7 +57,7 @@ def test_the_roles_are_states_of_one_network(tiny_sd3_folder):
 
 
 def test_w2_term_is_zero_at_start_and_its_gradient_reaches_the_adapter(tiny_sd3_folder):
-    pipe = load(tiny_sd3_folder)
+    pipe = load_pipeline(tiny_sd3_folder)
     t, z, cond = inputs(pipe, seed=1)
     x1 = torch.randn_like(z)
     roles = LoraRoles(SD3Field(pipe.transformer), pipe.transformer, LoraSettings(rank=4))
@@ -83,7 +79,7 @@ def test_w2_term_is_zero_at_start_and_its_gradient_reaches_the_adapter(tiny_sd3_
 
 
 def test_the_saved_lora_loads_into_diffusers_and_changes_its_output(tiny_sd3_folder, tmp_path):
-    pipe = load(tiny_sd3_folder)
+    pipe = load_pipeline(tiny_sd3_folder)
     roles = LoraRoles(SD3Field(pipe.transformer), pipe.transformer, LoraSettings(rank=4, alpha=8))
     perturb(roles, scale=0.2)
     path = roles.save_lora(tmp_path / "lora", StableDiffusion3Pipeline)
@@ -92,7 +88,7 @@ def test_the_saved_lora_loads_into_diffusers_and_changes_its_output(tiny_sd3_fol
     t, z, cond = inputs(pipe, seed=2)
     with torch.no_grad():
         ours = roles.model(t, z, cond)
-    fresh = load(tiny_sd3_folder)
+    fresh = load_pipeline(tiny_sd3_folder)
     run = dict(prompt="a red apple", num_inference_steps=2, guidance_scale=1.0, height=32, width=32,
                output_type="latent", latents=torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3)))
     before = fresh(**run).images

@@ -78,3 +78,47 @@ def test_bad_resolution_and_grid_are_one_line(tiny_sd3):
         space.shape(33, 32, patch_size=2)
     with pytest.raises(UserError, match=r"the time grid must increase strictly from 0 to 1"):
         integrate(lambda t, x: x, torch.zeros(1, 2), steps=2, times=torch.tensor([0.0, 0.7, 0.5]))
+
+
+def test_a_pipeline_folder_is_checked_before_any_weight_is_read(tiny_sd3_folder, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from orwcfm.t2i.load import inspect_folder, load_pipeline
+
+    checked = inspect_folder(tiny_sd3_folder)
+    assert checked.transformer_class == "SD3Transformer2DModel"
+    assert set(checked.absent) == {"text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"}  # no T5
+    no_vae = shutil.copytree(tiny_sd3_folder, tmp_path / "no-vae")
+    shutil.rmtree(no_vae / "vae")
+    with pytest.raises(UserError, match=r"lacks the component 'vae' that StableDiffusion3Pipeline needs"):
+        load_pipeline(no_vae)
+    other = shutil.copytree(tiny_sd3_folder, tmp_path / "other")
+    index = json.loads((other / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "HunyuanDiT2DModel"]
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"transformer class HunyuanDiT2DModel is not supported; supported: SD3Transformer2DModel"):
+        inspect_folder(other)
+    with pytest.raises(UserError, match=r"is not a diffusers pipeline folder \(no model_index.json\)"):
+        inspect_folder(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UserError, match=r"hub id someone/sd3-model is not in the local Hugging Face cache, and nothing is downloaded"):
+        inspect_folder("someone/sd3-model")
+
+
+def test_prompt_files_and_their_bad_forms(tmp_path):
+    from orwcfm.t2i.prompts import read_prompts
+
+    (tmp_path / "p.txt").write_text("a red apple\n\n  a blue car  \n")
+    assert read_prompts(tmp_path / "p.txt").prompts == ("a red apple", "a blue car")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "tag": "animal"}\n{"prompt": "a dog"}\n')
+    jsonl = read_prompts(tmp_path / "p.jsonl")
+    assert jsonl.prompts == ("a cat", "a dog") and jsonl.metadata == ({"tag": "animal"}, {})
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UserError, match=r"empty.txt holds no prompt \(one prompt per line expected\)"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a cat"}\n')
+    with pytest.raises(UserError, match=r'bad.jsonl:1: expected an object with a "prompt" string'):
+        read_prompts(tmp_path / "bad.jsonl")
+    with pytest.raises(UserError, match=r"the prompt set is empty"):
+        read_prompts([])

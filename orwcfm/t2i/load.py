@@ -1,0 +1,87 @@
+"""Loading a diffusers pipeline offline: a ``save_pretrained`` folder, or a hub id already in the local cache.
+
+Nothing is downloaded (``local_files_only``). The folder's ``model_index.json`` is read first, so that a missing
+component or an unsupported transformer is one line naming it, before any weights are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+# transformer class -> (pipeline class, the components it cannot do without; the others may be absent)
+SUPPORTED = {
+    "SD3Transformer2DModel": ("StableDiffusion3Pipeline",
+                              ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
+                               "tokenizer_2")),
+}
+# SD3's T5 encoder is optional: without it the pipeline pads its place with zeros (as diffusers' own tests run)
+OPTIONAL = ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
+
+
+@dataclass(frozen=True)
+class PipelineFolder:
+    """A checked pipeline folder: where it is, its transformer class and which optional components it lacks."""
+
+    path: Path
+    transformer_class: str
+    pipeline_class: str
+    absent: tuple[str, ...]
+
+
+def resolve_source(source: str | Path) -> Path:
+    """The local folder of ``source``: the folder itself, or the cached snapshot of a hub id (never downloaded)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise UserError(f"model {source!s} is neither a pipeline folder nor a hub id (owner/name) in the local cache")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(source), local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise UserError(f"hub id {source} is not in the local Hugging Face cache, and nothing is downloaded: "
+                        "download it once elsewhere, or pass the pipeline folder") from None
+
+
+def inspect_folder(source: str | Path) -> PipelineFolder:
+    """Check a pipeline folder without loading weights: its transformer is supported, every needed component is there."""
+    path = resolve_source(source)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise UserError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    index = json.loads(index_file.read_text())
+    transformer = index.get("transformer")
+    name = transformer[1] if isinstance(transformer, list) and len(transformer) == 2 else None
+    if name not in SUPPORTED:
+        raise UserError(f"{path}: transformer class {name or 'none'} is not supported; supported: {', '.join(SUPPORTED)}")
+    pipeline_class, needed = SUPPORTED[name]
+    absent = []
+    for component in (*needed, *(k for k in index if k in OPTIONAL)):
+        listed = index.get(component)
+        present = isinstance(listed, list) and listed[0] is not None and (path / component).is_dir()
+        if not present and component in needed:
+            raise UserError(f"pipeline folder {path} lacks the component '{component}' that {pipeline_class} needs")
+        if not present:
+            absent.append(component)
+    return PipelineFolder(path, name, pipeline_class, tuple(absent))
+
+
+def load_pipeline(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Any:
+    """The pipeline of ``source`` (checked by :func:`inspect_folder`), its weights in ``dtype`` (default: as saved),
+    on ``device``; absent optional components are passed as None."""
+    import diffusers
+
+    folder = inspect_folder(source)
+    cls = getattr(diffusers, folder.pipeline_class)
+    pipe = cls.from_pretrained(folder.path, local_files_only=True, torch_dtype=dtype,
+                               **{name: None for name in folder.absent})
+    return pipe.to(device)
