@@ -107,3 +107,44 @@ def test_bad_lora_settings_are_one_line(tiny_sd3):
     with pytest.raises(UserError, match=r"lora rank must be a positive integer, got 0"):
         LoraSettings(rank=0)
     assert not any("lora" in n for n, _ in tiny_sd3.transformer.named_parameters())  # nothing was added
+
+
+def brightness_for_bright_prompts(images, prompts):
+    """+mean brightness for prompts with 'bright', -mean otherwise: a prompt reward fn(images, prompts)."""
+    sign = torch.tensor([1.0 if "bright" in p else -1.0 for p in prompts])
+    return sign * images.flatten(1).mean(1)
+
+
+def test_orw_cfm_w2_trains_the_adapter_of_a_tiny_sd3_through_the_loop(tiny_sd3_folder):
+    from orwcfm.finetune.trainer import ORWCFMTrainer
+    from orwcfm.t2i.prompts import TextPrompts
+    from orwcfm.t2i.rewards import DecodedReward
+
+    pipe = load_pipeline(tiny_sd3_folder)
+    prompts = TextPrompts(encode_prompts(pipe, ["a bright sky", "a dark night"]), samples_per_prompt=2)
+    seen: list[list[str]] = []
+
+    def reward(images, texts):
+        seen.append(texts)
+        assert images.shape[1:] == (3, 16, 16) and 0 <= images.min() and images.max() <= 1
+        return brightness_for_bright_prompts(images, texts)
+
+    field = SD3Field(pipe.transformer)
+    roles = LoraRoles(field, pipe.transformer, LoraSettings(rank=4))
+    config = {"learning_rate": 1e-2, "batch_size": 4, "buffer_size": 8, "w2_coefficient": 0.1, "temperature": 1.0,
+              "coupling": "ot", "sampling": {"solver": "euler", "steps": 2}, "ema_decay": None, "warmup_steps": 0}
+    trainer = ORWCFMTrainer(roles.model, config, "cpu", reward_fn=DecodedReward(reward, pipe.vae, prompts),
+                            prompts=prompts, roles=roles, event_shape=(4, 16, 16), progress=False)
+    t, z = torch.rand(2), torch.randn(2, 4, 16, 16)
+    cond = prompts.spread(2)
+    with torch.no_grad():
+        base = field(t, z, cond)
+    before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    trainer.run_steps(3)
+    after = dict(pipe.transformer.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(f".{TRAIN}." in n for n in changed)  # only the trained adapter moved
+    assert seen and all(len(texts) == 8 and texts[0] == texts[1] for texts in seen)  # 2 samples per drawn prompt
+    with torch.no_grad():
+        assert torch.equal(roles.reference()(t, z, cond), base)  # the reference is still the base exactly
+        assert not torch.allclose(roles.model(t, z, cond), base, atol=1e-6)

@@ -113,12 +113,14 @@ class ORWCFMTrainer(FinetuneLoop):
         progress: show progress bars.
         prompts: the conditions of a conditional model (e.g. :class:`~orwcfm.conditions.ClassPrompts`); None for
             an unconditional one.
+        roles: the networks' roles (e.g. :class:`~orwcfm.t2i.lora.LoraRoles`: adapters of one network); default:
+            three copies of ``model`` (:class:`~orwcfm.finetune.roles.CopyRoles`).
     """
 
     def __init__(self, model: nn.Module, config: FinetuneConfig | Mapping[str, Any] | None = None,
                  device: torch.device | str | None = None, *, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  event_shape: tuple[int, ...] | None = None, cache: str | Path | None = None, progress: bool = True,
-                 prompts: Any = None) -> None:
+                 prompts: Any = None, roles: Any = None) -> None:
         cfg = self.config = config if isinstance(config, FinetuneConfig) else finetune_config(config)
         for sampler in (cfg.sampling, cfg.eval_sampling):
             check_solver(sampler.solver, sampler.steps)
@@ -132,8 +134,8 @@ class ORWCFMTrainer(FinetuneLoop):
         self.generator = runtime.seed_rank(cfg.seed, self.dist)  # policy noise, minibatch order, x0, t: on the CPU
         self._sample_generator = torch.Generator().manual_seed(cfg.seed + 2)  # sample() without a seed
 
-        self.roles = CopyRoles(model, self.device, ema_decay=cfg.ema_decay, dropout=cfg.finetune_dropout,
-                               compile=cfg.compile, dist=self.dist)
+        self.roles = roles or CopyRoles(model, self.device, ema_decay=cfg.ema_decay, dropout=cfg.finetune_dropout,
+                                        compile=cfg.compile, dist=self.dist)
         # the sample shape: the argument, else the config's, else the model's attributes (else the reference's spec)
         self.event_shape = tuple(event_shape or cfg.event_shape or ()) or infer_event_shape(model)
         if self.prompts is None and cfg.prompts is not None:

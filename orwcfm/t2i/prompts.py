@@ -115,3 +115,38 @@ def encode_prompts(pipe: Any, prompts: PromptSet | Sequence[str], batch_size: in
         pooled.append(p)
     null_h, _, null_p, _ = pipe.encode_prompt([""], None, None, do_classifier_free_guidance=False)
     return PromptTable(tuple(texts), torch.cat(hidden), torch.cat(pooled), null_h[0], null_p[0])
+
+
+@dataclass(frozen=True)
+class TextPrompts:
+    """A text prompt set for the fine-tuning loop (the interface of :class:`~orwcfm.conditions.ClassPrompts`).
+
+    Attributes:
+        table: the encoded prompts.
+        samples_per_prompt: k consecutive samples per drawn prompt (a condition group).
+    """
+
+    table: PromptTable
+    samples_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.samples_per_prompt
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"samples_per_prompt must be a positive integer, got {k!r}")
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return self.table.prompts
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> PromptEmbeds:
+        return self.table.draw(n, self.samples_per_prompt, generator).to(device)
+
+    def spread(self, n: int, device: torch.device | str = "cpu") -> PromptEmbeds:
+        return self.table.spread(n).to(device)
+
+    def texts(self, cond: PromptEmbeds) -> list[str]:
+        """The prompt of every sample of ``cond``."""
+        return [self.table.prompts[i] for i in cond.ids.tolist()]
