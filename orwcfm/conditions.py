@@ -161,13 +161,20 @@ def cond_state(cond: Cond | None) -> dict | None:
     if isinstance(cond, Labels):
         return {"kind": "labels", "values": cond.values.cpu(), "num_classes": cond.num_classes,
                 "dropped": None if cond.dropped is None else cond.dropped.cpu()}
+    if hasattr(cond, "state"):  # e.g. prompt embeddings: their prompt indices (the prompt set re-encodes them)
+        return cond.state()
     raise UserError(f"cannot save conditions of type {type(cond).__name__} in a checkpoint (only Labels)")
 
 
-def cond_from_state(state: dict | None, device: torch.device | str = "cpu") -> Cond | None:
-    """The conditions :func:`cond_state` saved."""
+def cond_from_state(state: dict | None, device: torch.device | str = "cpu", prompts: object = None) -> Cond | None:
+    """The conditions :func:`cond_state` saved; conditions saved by index (prompts) are rebuilt by the run's prompt
+    set ``prompts`` (its ``restore(state, device)``)."""
     if state is None:
         return None
+    if state.get("kind") == "prompts":
+        if not hasattr(prompts, "restore"):
+            raise UserError("this checkpoint's samples were drawn for text prompts: resume it with its prompt set")
+        return prompts.restore(state, device)
     if state.get("kind") != "labels":
         raise UserError(f"unknown kind of saved conditions: {state.get('kind')!r}")
     dropped = None if state["dropped"] is None else state["dropped"].to(device)

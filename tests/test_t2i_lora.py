@@ -115,13 +115,25 @@ def brightness_for_bright_prompts(images, prompts):
     return sign * images.flatten(1).mean(1)
 
 
-def test_orw_cfm_w2_trains_the_adapter_of_a_tiny_sd3_through_the_loop(tiny_sd3_folder):
+def lora_trainer(folder, reward=brightness_for_bright_prompts, **overrides):
+    """ORW-CFM-W2 with LoRA roles on the tiny SD3 (16x16 latents, 2 samples per prompt), through ORWCFMTrainer."""
     from orwcfm.finetune.trainer import ORWCFMTrainer
     from orwcfm.t2i.prompts import TextPrompts
     from orwcfm.t2i.rewards import DecodedReward
 
-    pipe = load_pipeline(tiny_sd3_folder)
+    pipe = load_pipeline(folder)
     prompts = TextPrompts(encode_prompts(pipe, ["a bright sky", "a dark night"]), samples_per_prompt=2)
+    field = SD3Field(pipe.transformer)
+    roles = LoraRoles(field, pipe.transformer, LoraSettings(rank=4))
+    config = {"learning_rate": 1e-2, "batch_size": 4, "buffer_size": 8, "w2_coefficient": 0.1, "temperature": 1.0,
+              "coupling": "ot", "sampling": {"solver": "euler", "steps": 2}, "ema_decay": None, "warmup_steps": 0,
+              "refresh_every": 2, **overrides}
+    trainer = ORWCFMTrainer(roles.model, config, "cpu", reward_fn=DecodedReward(reward, pipe.vae, prompts),
+                            prompts=prompts, roles=roles, event_shape=(4, 16, 16), progress=False)
+    return trainer, pipe, field, roles, prompts
+
+
+def test_orw_cfm_w2_trains_the_adapter_of_a_tiny_sd3_through_the_loop(tiny_sd3_folder):
     seen: list[list[str]] = []
 
     def reward(images, texts):
@@ -129,12 +141,7 @@ def test_orw_cfm_w2_trains_the_adapter_of_a_tiny_sd3_through_the_loop(tiny_sd3_f
         assert images.shape[1:] == (3, 16, 16) and 0 <= images.min() and images.max() <= 1
         return brightness_for_bright_prompts(images, texts)
 
-    field = SD3Field(pipe.transformer)
-    roles = LoraRoles(field, pipe.transformer, LoraSettings(rank=4))
-    config = {"learning_rate": 1e-2, "batch_size": 4, "buffer_size": 8, "w2_coefficient": 0.1, "temperature": 1.0,
-              "coupling": "ot", "sampling": {"solver": "euler", "steps": 2}, "ema_decay": None, "warmup_steps": 0}
-    trainer = ORWCFMTrainer(roles.model, config, "cpu", reward_fn=DecodedReward(reward, pipe.vae, prompts),
-                            prompts=prompts, roles=roles, event_shape=(4, 16, 16), progress=False)
+    trainer, pipe, field, roles, prompts = lora_trainer(tiny_sd3_folder, reward, refresh_every=None)
     t, z = torch.rand(2), torch.randn(2, 4, 16, 16)
     cond = prompts.spread(2)
     with torch.no_grad():
@@ -148,3 +155,25 @@ def test_orw_cfm_w2_trains_the_adapter_of_a_tiny_sd3_through_the_loop(tiny_sd3_f
     with torch.no_grad():
         assert torch.equal(roles.reference()(t, z, cond), base)  # the reference is still the base exactly
         assert not torch.allclose(roles.model(t, z, cond), base, atol=1e-6)
+
+
+def test_a_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tiny_sd3_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    trainer, pipe, *_ = lora_trainer(tiny_sd3_folder)
+    trainer.run_steps(3)  # a refresh at steps 0 and 2: the policy adapter and the buffer are mid-period
+    where = trainer.save_checkpoint(tmp_path / "ckpt")
+    trainer.run_steps(3)
+    straight = {k: v.clone() for k, v in trainer.roles.adapter_state(TRAIN).items()}
+
+    saved = load_file(str(where / "model.safetensors"))
+    assert saved and all("lora_" in k for k in saved)  # never the base weights
+    base_size = sum(v.numel() for k, v in pipe.transformer.state_dict().items() if "lora_" not in k)
+    assert sum(v.numel() for v in saved.values()) < base_size / 4
+
+    again, *_ = lora_trainer(tiny_sd3_folder)
+    again.resume(where)
+    again.run_steps(3)
+    resumed = again.roles.adapter_state(TRAIN)
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

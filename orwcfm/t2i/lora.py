@@ -84,6 +84,21 @@ class _RoleView(nn.Module):
         with self._roles[0].state(self.adapter):
             return self.field(*args, **kwargs)
 
+    # A role's weights are its adapter's (so checkpoints hold adapters, never the base); the reference's are the base.
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        roles = self._roles[0]
+        if self.adapter is None:
+            return {k: v for k, v in roles.transformer.state_dict().items() if "lora_" not in k}
+        return roles.adapter_state(self.adapter)
+
+    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        if self.adapter is None:
+            raise UserError("the reference role is the base weights: it is never loaded")
+        from peft.utils import set_peft_model_state_dict
+
+        with torch.no_grad():
+            return set_peft_model_state_dict(self._roles[0].transformer, dict(state), adapter_name=self.adapter)
+
 
 class LoraRoles:
     """Trained adapter, policy adapter and reference (adapters off) of one transformer.
@@ -161,10 +176,10 @@ class LoraRoles:
         return list(self._train_params)
 
     def adapter_state(self, adapter: str = TRAIN) -> dict[str, torch.Tensor]:
-        """The weights of ``adapter`` under peft's names without the adapter name (the LoRA file's keys)."""
+        """The weights of ``adapter`` under peft's names without the adapter name (the LoRA file's keys), copies."""
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.transformer, adapter_name=adapter)
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.transformer, adapter_name=adapter).items()}
 
     def refresh_policy(self) -> None:
         """policy adapter <- trained adapter."""

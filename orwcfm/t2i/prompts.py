@@ -147,6 +147,10 @@ class TextPrompts:
     def spread(self, n: int, device: torch.device | str = "cpu") -> PromptEmbeds:
         return self.table.spread(n).to(device)
 
+    def restore(self, state: dict, device: torch.device | str = "cpu") -> PromptEmbeds:
+        """The conditions a checkpoint saved (:meth:`PromptEmbeds.state`)."""
+        return self.table.embeds(state["ids"]).to(device)
+
     def texts(self, cond: PromptEmbeds) -> list[str]:
         """The prompt of every sample of ``cond``."""
         return [self.table.prompts[i] for i in cond.ids.tolist()]

@@ -60,6 +60,10 @@ class PromptEmbeds:
         return PromptEmbeds(self.null_hidden.expand(b, *self.null_hidden.shape).contiguous(),
                             self.null_pooled.expand(b, -1).contiguous(), self.ids, self.null_hidden, self.null_pooled)
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of these conditions: the prompt indices (the prompt set re-encodes them)."""
+        return {"kind": "prompts", "ids": self.ids.cpu()}
+
     def to(self, device: torch.device | str) -> PromptEmbeds:
         return PromptEmbeds(*(getattr(self, k).to(device) for k in ("hidden", "pooled", "ids", "null_hidden",
                                                                    "null_pooled")))
