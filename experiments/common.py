@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +20,23 @@ def run_parser(doc: str, out: str) -> argparse.ArgumentParser:
     return parser
 
 
+def metric_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of a run's metrics.jsonl (the package's one reader); an unreadable file stops the script."""
+    from orwcfm.runlog import read_metrics
+
+    metrics = read_metrics(Path(run_dir, "metrics.jsonl"))
+    if metrics.error:
+        raise SystemExit(f"{run_dir}/metrics.jsonl: {metrics.error}")
+    return metrics.rows
+
+
 def eval_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """The evaluation rows of a run (epoch 0 = the reference), from metrics.jsonl, keys without 'eval/'.
 
     A resumed run may have logged an evaluation twice; the last row of each step wins.
     """
     rows: dict[int, dict[str, Any]] = {}
-    for line in Path(run_dir, "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in metric_rows(run_dir):
         if any(k.startswith("eval/") for k in row):
             rows[row["step"]] = {"step": row["step"], **{k[5:]: v for k, v in row.items() if k.startswith("eval/")}}
     return [rows[s] for s in sorted(rows)]
@@ -37,8 +45,7 @@ def eval_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 def train_epoch_means(run_dir: str | Path, key: str, steps_per_epoch: int) -> list[float]:
     """Mean of a logged training number (e.g. 'w2') over each epoch's logging rows."""
     sums: dict[int, list[float]] = {}
-    for line in Path(run_dir, "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in metric_rows(run_dir):
         if f"train/{key}" in row:
             sums.setdefault((row["step"] - 1) // steps_per_epoch, []).append(row[f"train/{key}"])
     return [sum(v) / len(v) for _, v in sorted(sums.items())]

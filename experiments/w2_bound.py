@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from common import Clock, eval_rows, fmt_ci, markdown, run_parser
+from common import Clock, eval_rows, fmt_ci, markdown, metric_rows, run_parser
 
 from orwcfm.config import finetune_config
 from orwcfm.finetune.run import run_finetune
@@ -27,8 +27,7 @@ from orwcfm.finetune.run import run_finetune
 def last_logged(run_dir: Path, key: str, steps_per_epoch: int, log_every: int) -> list[float]:
     """The training log value at the end of each epoch (each logged value averages the last log_every steps)."""
     values = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in metric_rows(run_dir):
         if f"train/{key}" in row and row["step"] % steps_per_epoch == 0:
             values[row["step"] // steps_per_epoch] = row[f"train/{key}"]
     return [values[e] for e in sorted(values)]
