@@ -53,12 +53,12 @@ def train_epoch_means(run_dir: str | Path, key: str, steps_per_epoch: int) -> li
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A Markdown table; floats get ``digits`` decimals."""
+    from orwcfm.tables import markdown_table  # the package's one table writer
+
     def cell(v: Any) -> str:
         return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(list(header), [[cell(v) for v in row] for row in rows]).rstrip("\n")
 
 
 class Clock:
