@@ -127,3 +127,29 @@ def test_missing_transformers_names_the_extra(monkeypatch, clip_dir):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
     with pytest.raises(UserError, match=r"pip install 'orwcfm\[clip\]'"):
         ClipReward(PROMPTS, model_path=str(clip_dir))
+
+
+@pytest.mark.parametrize("scale", ["cosine", "logit"])
+def test_clip_score_is_the_models_own_image_text_logit_of_each_samples_prompt(clip_dir, scale):
+    from orwcfm.t2i.prompt_rewards import ClipScore
+
+    score = ClipScore(str(clip_dir), scale=scale)
+    x = (_images(3, SIZE) + 1) / 2  # images in [0, 1]
+    prompts = ["a dog", "an image of dog", "a dog", "not a dog", "an image of dog", "not a dog"]
+    got = score(x, prompts)
+    # independently: CLIPModel's own logits_per_image over the distinct prompts, each sample's own column
+    texts = sorted(set(prompts))
+    model = CLIPModel.from_pretrained(str(clip_dir)).eval()
+    tokens = CLIPTokenizer.from_pretrained(str(clip_dir))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                       pixel_values=_pixels(x * 2 - 1)).logits_per_image  # (B, T) = logit_scale * cos
+    expected = logits[torch.arange(6), torch.tensor([texts.index(p) for p in prompts])]
+    if scale == "cosine":
+        expected = expected / model.logit_scale.exp()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert sorted(score._text) == texts  # each distinct prompt encoded once
+    with pytest.raises(UserError, match=r"5 prompts for 6 images: one prompt per image expected"):
+        score(x, prompts[:5])
+    with pytest.raises(UserError, match=r"clip score scale must be one of cosine, logit, got 'raw'"):
+        ClipScore(str(clip_dir), scale="raw")

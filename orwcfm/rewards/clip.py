@@ -81,6 +81,24 @@ def clip_preprocess(x: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEA
     return (x - mean_t) / std_t
 
 
+def load_clip(model_path: str):
+    """A CLIP model (float32, eval, frozen) and its tokenizer from a local folder or the local cache; never
+    downloaded. One line naming the path when there is none."""
+    transformers = _transformers()
+    try:
+        model = transformers.CLIPModel.from_pretrained(model_path, local_files_only=True)
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(model_path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise UserError(
+            f"no CLIP model found at '{model_path}' (a local folder or the local Hugging Face cache): "
+            f"nothing is downloaded at run time, so save one there first with CLIPModel.save_pretrained and "
+            f"CLIPTokenizer.save_pretrained ({type(err).__name__}: {detail})"
+        ) from err
+    return model.float().eval().requires_grad_(False), tokenizer
+
+
 class ClipReward:
     """p(prompts[0] | x) - p(prompts[1] | x) under CLIP's softmax over ``prompts``: (B, C, H, W) in [-1, 1] -> (B,).
 
@@ -101,22 +119,11 @@ class ClipReward:
             raise UserError(
                 f"the clip reward needs at least two prompts (the target, then its contrast), got {list(prompts)}"
             )
-        transformers = _transformers()
         self.prompts = tuple(prompts)
         self.model_path = str(model_path or DEFAULT_MODEL)
-        try:
-            model = transformers.CLIPModel.from_pretrained(self.model_path, local_files_only=True)
-            tokenizer = transformers.CLIPTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        except (OSError, ValueError) as err:
-            detail = " ".join(str(err).split())
-            detail = detail if len(detail) <= 160 else detail[:157] + "..."
-            raise UserError(
-                f"no CLIP model found at '{self.model_path}' (a local folder or the local Hugging Face cache): "
-                f"nothing is downloaded at run time, so save one there first with CLIPModel.save_pretrained and "
-                f"CLIPTokenizer.save_pretrained ({type(err).__name__}: {detail})"
-            ) from err
+        model, tokenizer = load_clip(self.model_path)
         self.device = None if device is None else torch.device(device)
-        self.model = model.float().eval().requires_grad_(False)
+        self.model = model
         if self.device is not None:
             self.model.to(self.device)
         self.image_size = int(model.config.vision_config.image_size)
