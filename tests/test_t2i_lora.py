@@ -115,7 +115,7 @@ def brightness_for_bright_prompts(images, prompts):
     return sign * images.flatten(1).mean(1)
 
 
-def lora_trainer(folder, reward=brightness_for_bright_prompts, **overrides):
+def lora_trainer(folder, reward=brightness_for_bright_prompts, time_grid=None, **overrides):
     """ORW-CFM-W2 with LoRA roles on the tiny SD3 (16x16 latents, 2 samples per prompt), through ORWCFMTrainer."""
     from orwcfm.finetune.trainer import ORWCFMTrainer
     from orwcfm.t2i.prompts import TextPrompts
@@ -129,7 +129,8 @@ def lora_trainer(folder, reward=brightness_for_bright_prompts, **overrides):
               "coupling": "ot", "sampling": {"solver": "euler", "steps": 2}, "ema_decay": None, "warmup_steps": 0,
               "refresh_every": 2, **overrides}
     trainer = ORWCFMTrainer(roles.model, config, "cpu", reward_fn=DecodedReward(reward, pipe.vae, prompts),
-                            prompts=prompts, roles=roles, event_shape=(4, 16, 16), progress=False)
+                            prompts=prompts, roles=roles, event_shape=(4, 16, 16), progress=False,
+                            time_grid=time_grid)
     return trainer, pipe, field, roles, prompts
 
 
@@ -177,3 +178,29 @@ def test_a_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tiny_sd3_fold
     resumed = again.roles.adapter_state(TRAIN)
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_pipelines_shifted_schedule_reaches_every_sampler_of_the_run(tiny_sd3_folder):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from orwcfm.sampling import integrate
+    from orwcfm.t2i.sd3 import time_grid
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_sd3_folder, subfolder="scheduler")
+
+    def grid(steps):
+        return time_grid(scheduler, steps)
+
+    trainer, pipe, field, roles, prompts = lora_trainer(tiny_sd3_folder, time_grid=grid)
+    seen = []
+    collect = trainer.algorithm.collect
+    trainer.algorithm.collect = lambda *a, **k: seen.append(a[4]) or collect(*a, **k)
+    trainer.run_steps(1)
+    assert len(seen) == 1 and torch.equal(seen[0], grid(2))  # the policy sampled on the shifted grid
+    assert not torch.allclose(grid(2), torch.linspace(0, 1, 3))  # shift 3: not the uniform grid
+    x = trainer.sample(4, seed=5)
+    x0 = torch.randn((4, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = integrate(roles.model, x0, solver="euler", steps=2, cond=prompts.spread(4), times=grid(2)).samples
+        uniform = integrate(roles.model, x0, solver="euler", steps=2, cond=prompts.spread(4)).samples
+    assert torch.allclose(x, expected, atol=1e-6) and not torch.allclose(x, uniform, atol=1e-4)

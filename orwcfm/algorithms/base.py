@@ -63,11 +63,13 @@ class Algorithm(ABC):
         """Whether :meth:`loss` reads the reference (if not, the loop never runs it)."""
         return True
 
-    def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig) -> torch.Tensor:
+    def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig,
+                times: torch.Tensor | None = None) -> torch.Tensor:
         """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``, with
-        the policy's sampler settings (``config.sampling``: solver, steps, chunk size, precision, guidance)."""
+        the policy's sampler settings (``config.sampling``: solver, steps, chunk size, precision, guidance) on the
+        time grid ``times`` (steps + 1,) (default uniform; e.g. a text-to-image pipeline's shifted schedule)."""
         return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps,
-                        batch_size=sampler.batch_size, precision=sampler.precision, cond=cond)
+                        batch_size=sampler.batch_size, precision=sampler.precision, cond=cond, times=times)
 
     def network_rows(self, batch_size: int) -> NetworkRows:
         """How many rows of a minibatch of ``batch_size`` go through each network per step (for the step anatomy

@@ -105,11 +105,12 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
 
 
 def generate(model: nn.Module, noise: torch.Tensor, *, solver: str, steps: int, batch_size: int = 1000,
-             cond: Cond | None = None) -> torch.Tensor:
+             cond: Cond | None = None, times: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate ``model`` (in eval mode) from ``noise`` (N, *shape) in chunks (under conditions ``cond``, one per
-    sample); returns (N, *shape)."""
+    sample; on the time grid ``times``, default uniform); returns (N, *shape)."""
     with eval_mode(model):
-        return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+        return sampling.generate(model, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond,
+                                 times=times)
 
 
 def per_condition_diversity(x: torch.Tensor, cond: Cond) -> list[float]:
@@ -143,26 +144,27 @@ class ReferenceSet:
 
 @torch.no_grad()
 def reference_w2_floor(reference: nn.Module, reference_samples: torch.Tensor, floor_noise: torch.Tensor, *, solver: str,
-                    steps: int, batch_size: int = 1000, cond: Cond | None = None) -> float:
+                    steps: int, batch_size: int = 1000, cond: Cond | None = None,
+                    times: torch.Tensor | None = None) -> float:
     """Empirical W2 between ``reference_samples`` (N, *shape) and the reference integrated from ``floor_noise``
     (N, *shape, drawn independently of the noise that made ``reference_samples``)."""
     if floor_noise.shape != reference_samples.shape:
         raise ValueError(f"the floor needs a second set of the same size: noise {tuple(floor_noise.shape)} "
                          f"vs samples {tuple(reference_samples.shape)}")
-    second = generate(reference, floor_noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+    second = generate(reference, floor_noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond, times=times)
     return empirical_w2(reference_samples, second)
 
 
 @torch.no_grad()
 def reference_set(reference: nn.Module, noise: torch.Tensor, floor_noise: torch.Tensor, *, solver: str, steps: int,
-                  batch_size: int = 1000, cond: Cond | None = None) -> ReferenceSet:
+                  batch_size: int = 1000, cond: Cond | None = None, times: torch.Tensor | None = None) -> ReferenceSet:
     """Integrate ``reference`` from the evaluation ``noise`` (N, *shape) and from independent ``floor_noise``
     (same shape), both under the evaluation's conditions ``cond``; see :class:`ReferenceSet`."""
     if torch.equal(noise.cpu(), floor_noise.cpu()):
         raise ValueError("the floor noise must be independent of the evaluation noise, got the same tensor")
-    samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+    samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond, times=times)
     floor = reference_w2_floor(reference, samples, floor_noise, solver=solver, steps=steps, batch_size=batch_size,
-                               cond=cond)
+                               cond=cond, times=times)
     return ReferenceSet(samples, median_distance(samples), floor)
 
 
@@ -171,8 +173,9 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
              name: str = "reward", step: int = 0, batch_size: int = 1000, reference: nn.Module | None = None,
              reference_samples: torch.Tensor | None = None, vendi_bandwidth: float | None = None,
              judge: Judge | None = None, bound_samples: int = 256, reference_floor: float | None = None,
-             cond: Cond | None = None) -> Evaluation:
-    """Integrate ``model`` from the fixed ``noise`` (N, *shape) and measure the samples.
+             cond: Cond | None = None, times: torch.Tensor | None = None) -> Evaluation:
+    """Integrate ``model`` from the fixed ``noise`` (N, *shape) (on the time grid ``times``, default uniform) and
+    measure the samples.
 
     The same noise before and after training makes the comparison paired: differences come from the model,
     not from the draw. With ``reference`` (and optionally its ``reference_samples`` from the same noise, to
@@ -190,14 +193,15 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
         # The first `bound_samples` are integrated with their trajectory kept: the W2 bound reuses it.
         n_bound = min(len(noise), bound_samples) if reference is not None else 0
         head = integrate(model, noise[:n_bound], solver=solver, steps=steps, return_trajectory=True,
-                         cond=chunk_cond(cond, 0, n_bound)) if n_bound else None
+                         cond=chunk_cond(cond, 0, n_bound), times=times) if n_bound else None
         rest = generate(model, noise[n_bound:], solver=solver, steps=steps, batch_size=batch_size,
-                        cond=chunk_cond(cond, n_bound, len(noise))) if n_bound < len(noise) else None
+                        cond=chunk_cond(cond, n_bound, len(noise)), times=times) if n_bound < len(noise) else None
         x = torch.cat([p for p in (head.samples if head else None, rest) if p is not None])
         distances: dict[str, float] = {}
         if reference is not None:
             if reference_samples is None:
-                reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+                reference_samples = generate(reference, noise, solver=solver, steps=steps, batch_size=batch_size,
+                                             cond=cond, times=times)
             distances["w2_to_reference"] = empirical_w2(x, reference_samples)
             if reference_floor is None:
                 gen = torch.Generator().manual_seed(FLOOR_SEED_OFFSET)
@@ -205,7 +209,8 @@ def evaluate(model: nn.Module, reward_fn, noise: torch.Tensor, *, solver: str, s
                 if torch.equal(floor_noise, noise.cpu()):  # the caller drew its noise with this very seed
                     floor_noise = torch.randn(noise.shape, generator=gen)
                 reference_floor = reference_w2_floor(reference, reference_samples, floor_noise.to(noise.device),
-                                                     solver=solver, steps=steps, batch_size=batch_size, cond=cond)
+                                                     solver=solver, steps=steps, batch_size=batch_size, cond=cond,
+                                                     times=times)
             distances["w2_to_reference_floor"] = reference_floor
             bound = w2_bound(model, reference, noise[:n_bound], solver=solver, steps=steps,
                              reference_samples=reference_samples[:n_bound], trajectory=head,

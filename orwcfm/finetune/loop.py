@@ -58,8 +58,13 @@ class FinetuneLoop(ABC):
     reward_fn: Any
     reward_name: str
     prompts: Any  # a prompt set with draw(n, generator) -> Cond, or None (unconditional)
+    time_grid: Any  # steps -> (steps + 1,) time grid of the samplers, or None (uniform)
     run_dir: Path
     progress: bool
+
+    def _times(self, steps: int) -> torch.Tensor | None:
+        """The samplers' time grid for ``steps`` steps (None: uniform)."""
+        return self.time_grid(steps) if self.time_grid is not None else None
 
     def _init_loop_state(self) -> None:
         cfg = self.config
@@ -92,7 +97,8 @@ class FinetuneLoop(ABC):
         """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them."""
         x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
         cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
-        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling)
+        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
+                                    self._times(self.config.sampling.steps))
         rewards, valid = self._score(x1, cond)
         if valid is not None:
             x1, cond = x1[valid.to(x1.device)], index_cond(cond, torch.nonzero(valid).flatten())

@@ -34,7 +34,8 @@ def _buffer_state(buffer: SampleBuffer | None) -> dict[str, Any] | None:
 def _buffer_from_state(state: dict[str, Any] | None, run: Any) -> SampleBuffer | None:
     if state is None:
         return None
-    return SampleBuffer.from_state_dict(state, run.generator, run.device, cond=cond_from_state(state.get("cond"), run.device, run.prompts))
+    cond = cond_from_state(state.get("cond"), run.device, run.prompts)  # prompt conditions: rebuilt by the prompt set
+    return SampleBuffer.from_state_dict(state, run.generator, run.device, cond=cond)
 
 
 def save(run: Any, path: str | Path) -> Path:

@@ -115,17 +115,20 @@ class ORWCFMTrainer(FinetuneLoop):
             an unconditional one.
         roles: the networks' roles (e.g. :class:`~orwcfm.t2i.lora.LoraRoles`: adapters of one network); default:
             three copies of ``model`` (:class:`~orwcfm.finetune.roles.CopyRoles`).
+        time_grid: ``steps -> (steps + 1,)`` time grid of every sampler of the run (policy, sample(), evaluations),
+            e.g. a text-to-image pipeline's shifted schedule (:func:`orwcfm.t2i.sd3.time_grid`); default uniform.
     """
 
     def __init__(self, model: nn.Module, config: FinetuneConfig | Mapping[str, Any] | None = None,
                  device: torch.device | str | None = None, *, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  event_shape: tuple[int, ...] | None = None, cache: str | Path | None = None, progress: bool = True,
-                 prompts: Any = None, roles: Any = None) -> None:
+                 prompts: Any = None, roles: Any = None,
+                 time_grid: Callable[[int], torch.Tensor] | None = None) -> None:
         cfg = self.config = config if isinstance(config, FinetuneConfig) else finetune_config(config)
         for sampler in (cfg.sampling, cfg.eval_sampling):
             check_solver(sampler.solver, sampler.steps)
         self.device = torch.device(device if device is not None else cfg.device)
-        self.cache, self.progress, self.prompts = cache, progress, prompts
+        self.cache, self.progress, self.prompts, self.time_grid = cache, progress, prompts, time_grid
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         # Several processes (torchrun, accelerate launch): this rank's share of the batch and buffer, its own random
@@ -239,7 +242,7 @@ class ORWCFMTrainer(FinetuneLoop):
             cond = self.prompts.spread(n, self.device)
         with eval_mode(net):
             return generate(guided(net, s.guidance, cond), x0, solver=s.solver, steps=s.steps, batch_size=s.batch_size,
-                            precision=s.precision, cond=cond)
+                            precision=s.precision, cond=cond, times=self._times(s.steps))
 
     def _eval_noise(self) -> torch.Tensor:
         # The same noise at every evaluation, so before/after differences come from the model alone.
@@ -264,7 +267,7 @@ class ORWCFMTrainer(FinetuneLoop):
             cond = self._eval_cond()
             self._reference_cache = reference_set(guided(self.reference, s.guidance, cond), noise, floor_noise,
                                                   solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000,
-                                                  cond=cond)
+                                                  cond=cond, times=self._times(s.steps))
         return self._reference_cache
 
     def evaluate(self) -> Evaluation:
@@ -279,7 +282,7 @@ class ORWCFMTrainer(FinetuneLoop):
                         solver=s.solver, steps=s.steps, batch_size=s.batch_size or 1000, name=self.reward_name,
                         step=self.step, reference=guided(self.reference, s.guidance, cond),
                         reference_samples=ref.samples, vendi_bandwidth=ref.bandwidth, reference_floor=ref.w2_floor,
-                        judge=self._judge, cond=cond)
+                        judge=self._judge, cond=cond, times=self._times(s.steps))
 
     def _refresh_policy(self) -> None:
         self.roles.refresh_policy()
