@@ -207,6 +207,8 @@ def test_benchmark_quick_run_prints_consistent_tables(orwcfm_cache, capsys):
         sampling, ref, model, total, step = (float(c) for c in cells[:5])
         assert total == pytest.approx(sampling + ref + model, rel=0.02)
         assert float(cells[5].split()[0]) == pytest.approx(step / total, rel=0.02)
+    # both configurations use OT pairing: the W2 term's own interpolants double the model's rows (2 x 128)
+    assert rows["ours (default)"][-1] == rows["published-style"][-1] == "256"
     # the published-style step samples 128 x 100 NFE per step, ours 1024 x 20 per 50 steps: ~30x less sampling
     assert float(rows["published-style"][0]) > 10 * float(rows["ours (default)"][0])
     euler100 = next(line for line in out.splitlines() if line.startswith("| euler x 100 |"))
