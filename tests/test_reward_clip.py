@@ -153,3 +153,38 @@ def test_clip_score_is_the_models_own_image_text_logit_of_each_samples_prompt(cl
         score(x, prompts[:5])
     with pytest.raises(UserError, match=r"clip score scale must be one of cosine, logit, got 'raw'"):
         ClipScore(str(clip_dir), scale="raw")
+
+
+def test_aesthetic_head_is_laions_mlp_on_normalised_clip_image_embeddings(clip_dir, tmp_path):
+    from orwcfm.t2i.prompt_rewards import AestheticScore
+
+    gen = torch.Generator().manual_seed(0)
+    # the improved aesthetic predictor's layout: linears at layers.0, .2, .4 (dropout between), no activations
+    state = {"layers.0.weight": torch.randn(8, 16, generator=gen), "layers.0.bias": torch.randn(8, generator=gen),
+             "layers.2.weight": torch.randn(4, 8, generator=gen), "layers.2.bias": torch.randn(4, generator=gen),
+             "layers.4.weight": torch.randn(1, 4, generator=gen), "layers.4.bias": torch.randn(1, generator=gen)}
+    torch.save(state, tmp_path / "head.pth")
+    x = (_images(3, SIZE) + 1) / 2
+    got = AestheticScore(str(clip_dir), tmp_path / "head.pth")(x, ["ignored"] * 6)
+    model = CLIPModel.from_pretrained(str(clip_dir)).eval()
+    tokens = CLIPTokenizer.from_pretrained(str(clip_dir))(["a"], return_tensors="pt")
+    with torch.no_grad():  # CLIPModel's own normalised image embeddings, then the three linears by hand
+        e = model(input_ids=tokens["input_ids"], pixel_values=_pixels(x * 2 - 1)).image_embeds
+    for i in (0, 2, 4):
+        e = e @ state[f"layers.{i}.weight"].T + state[f"layers.{i}.bias"]
+    assert torch.allclose(got, e.squeeze(-1), atol=1e-5)
+    torch.save({"weight": torch.randn(1, 12), "bias": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(UserError, match=r"wrong.pth takes 12 features; this CLIP gives 16"):
+        AestheticScore(str(clip_dir), tmp_path / "wrong.pth")
+    torch.save({"layers.0.weight": torch.randn(3, 16), "layers.1.weight": torch.randn(1, 4)}, tmp_path / "gap.pth")
+    with pytest.raises(UserError, match=r"layer layers.1.weight takes 4 inputs after 3 outputs"):
+        AestheticScore(str(clip_dir), tmp_path / "gap.pth")
+
+
+def test_an_image_reward_as_a_prompt_reward_sees_images_in_its_own_range():
+    from orwcfm.rewards.jpeg import jpeg_compressibility
+    from orwcfm.t2i.prompt_rewards import ImageOnly
+
+    x = (_images(3, SIZE) + 1) / 2  # [0, 1]
+    assert torch.equal(ImageOnly(jpeg_compressibility)(x, ["p"] * 6), jpeg_compressibility(x * 2 - 1))
+    assert not torch.equal(jpeg_compressibility(x), jpeg_compressibility(x * 2 - 1))  # the mapping matters
