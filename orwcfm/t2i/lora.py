@@ -81,7 +81,9 @@ class _RoleView(nn.Module):
         self.adapter = adapter
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with self._roles[0].state(self.adapter):
+        # The reference pass sits between the model's forward and its backward: it hands the network back in the
+        # trained state, or a checkpointed backward would recompute the model's forward with the adapters off.
+        with self._roles[0].state(self.adapter, restore=self.adapter is None):
             return self.field(*args, **kwargs)
 
     # A role's weights are its adapter's (so checkpoints hold adapters, never the base); the reference's are the base.
@@ -149,13 +151,18 @@ class LoraRoles:
         self._active = adapter
 
     @contextmanager
-    def state(self, adapter: str | None) -> Iterator[None]:
+    def state(self, adapter: str | None, restore: bool = False) -> Iterator[None]:
         """The shared network with ``adapter`` active (None: every adapter off) inside the block. The state is
         switched only when it differs from the last one (a sampling run of the policy switches once, not at every
-        step); every role enters its own state, so none can see another's."""
+        step); every role enters its own state, so none can see another's. ``restore``: back to the trained
+        adapter on leaving."""
         if adapter != self._active:
             self._activate(adapter)
-        yield
+        try:
+            yield
+        finally:
+            if restore and self._active != TRAIN:
+                self._activate(TRAIN)
 
     # -- the roles (ModelRoles) ---------------------------------------------------------------------------------
 
