@@ -181,6 +181,21 @@ def cond_from_state(state: dict | None, device: torch.device | str = "cpu", prom
     return Labels(state["values"].to(device), int(state["num_classes"]), dropped)
 
 
+def check_prompt_texts(prompts: Sequence[object]) -> None:
+    """One line unless ``prompts`` is a non-empty set of non-empty strings (every prompt set's texts)."""
+    if len(prompts) == 0:
+        raise UserError("the prompt set is empty: give at least one prompt")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise UserError(f"every prompt must be a non-empty string, got {p!r}")
+
+
+def check_samples_per_prompt(k: object) -> None:
+    """One line unless ``k`` (samples per drawn prompt) is a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError(f"samples_per_prompt must be a positive integer, got {k!r}")
+
+
 @dataclass(frozen=True)
 class ClassPrompts:
     """A prompt set for a class-conditional model: prompt k is class k (e.g. "a handwritten 3" is the digit 3).
@@ -195,14 +210,8 @@ class ClassPrompts:
     samples_per_prompt: int = 1
 
     def __post_init__(self) -> None:
-        if len(self.prompts) == 0:
-            raise UserError("the prompt set is empty: give at least one prompt")
-        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
-            bad = next(p for p in self.prompts if not isinstance(p, str) or not p.strip())
-            raise UserError(f"every prompt must be a non-empty string, got {bad!r}")
-        k = self.samples_per_prompt
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UserError(f"samples_per_prompt must be a positive integer, got {k!r}")
+        check_prompt_texts(self.prompts)
+        check_samples_per_prompt(self.samples_per_prompt)
 
     def __len__(self) -> int:
         return len(self.prompts)

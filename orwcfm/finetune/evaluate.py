@@ -34,7 +34,7 @@ from torch import nn
 
 from ..metrics import (RewardStats, empirical_w2, mean_pairwise_distance, median_distance, reward_stats, vendi_score,
                        w2_bound)
-from ..conditions import Cond, Labels, chunk_cond
+from ..conditions import ClassPrompts, Cond, Labels, chunk_cond
 from ..errors import UserError
 from ..guidance import check_guidance, guided
 from ..rewards import call_reward
@@ -345,8 +345,6 @@ def _conditions(model: nn.Module, config: dict[str, Any], n: int, guidance: floa
                 device: str) -> tuple[list[str] | None, Labels | None, float]:
     """The prompts, the ``n`` evaluation conditions (spread evenly over them) and the guidance scale of a checkpoint's
     evaluation; (None, None, 1.0) for an unconditional model (where a guidance scale other than 1 is refused)."""
-    from ..conditions import ClassPrompts
-
     classes = getattr(model, "num_classes", None)
     scale = guidance if guidance is not None else sampler.get("guidance", 1.0)
     check_guidance(scale)

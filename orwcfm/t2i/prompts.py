@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..conditions import check_prompt_texts, check_samples_per_prompt
 from ..errors import UserError
 from .sd3 import PromptEmbeds
 
@@ -29,11 +30,7 @@ class PromptSet:
     metadata: tuple[dict[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not self.prompts:
-            raise UserError("the prompt set is empty: give at least one prompt")
-        for i, p in enumerate(self.prompts):
-            if not isinstance(p, str) or not p.strip():
-                raise UserError(f"prompt {i + 1} is empty or not text: {p!r}")
+        check_prompt_texts(self.prompts)
 
 
 def read_prompts(source: str | Path | Sequence[str]) -> PromptSet:
@@ -130,9 +127,7 @@ class TextPrompts:
     samples_per_prompt: int = 1
 
     def __post_init__(self) -> None:
-        k = self.samples_per_prompt
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UserError(f"samples_per_prompt must be a positive integer, got {k!r}")
+        check_samples_per_prompt(self.samples_per_prompt)
 
     @property
     def prompts(self) -> tuple[str, ...]:
