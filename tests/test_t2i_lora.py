@@ -164,6 +164,8 @@ def test_a_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tiny_sd3_fold
     trainer, pipe, *_ = lora_trainer(tiny_sd3_folder)
     trainer.run_steps(3)  # a refresh at steps 0 and 2: the policy adapter and the buffer are mid-period
     where = trainer.save_checkpoint(tmp_path / "ckpt")
+    policy_at_save = trainer.roles.adapter_state(POLICY)  # refreshed at step 2: not the trained adapter of step 3
+    assert any(not torch.equal(v, trainer.roles.adapter_state(TRAIN)[k]) for k, v in policy_at_save.items())
     trainer.run_steps(3)
     straight = {k: v.clone() for k, v in trainer.roles.adapter_state(TRAIN).items()}
 
@@ -174,6 +176,8 @@ def test_a_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tiny_sd3_fold
 
     again, *_ = lora_trainer(tiny_sd3_folder)
     again.resume(where)
+    restored = again.roles.adapter_state(POLICY)
+    assert all(torch.equal(restored[k], v) for k, v in policy_at_save.items())  # the policy adapter came back too
     again.run_steps(3)
     resumed = again.roles.adapter_state(TRAIN)
     assert resumed.keys() == straight.keys()
