@@ -14,13 +14,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from .family import family_named
 
-# transformer class -> (pipeline class, the components it cannot do without; the others may be absent)
-SUPPORTED = {
-    "SD3Transformer2DModel": ("StableDiffusion3Pipeline",
-                              ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
-                               "tokenizer_2")),
-}
 # SD3's T5 encoder is optional: without it the pipeline pads its place with zeros (as diffusers' own tests run)
 OPTIONAL = ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
 
@@ -61,9 +56,8 @@ def inspect_folder(source: str | Path) -> PipelineFolder:
     index = json.loads(index_file.read_text())
     transformer = index.get("transformer")
     name = transformer[1] if isinstance(transformer, list) and len(transformer) == 2 else None
-    if name not in SUPPORTED:
-        raise UserError(f"{path}: transformer class {name or 'none'} is not supported; supported: {', '.join(SUPPORTED)}")
-    pipeline_class, needed = SUPPORTED[name]
+    family = family_named(name, where=f"{path}: ")
+    pipeline_class, needed = family.pipeline_class, family.needed
     absent = []
     for component in (*needed, *(k for k in index if k in OPTIONAL)):
         listed = index.get(component)

@@ -102,15 +102,18 @@ class PromptTable:
 
 @torch.no_grad()
 def encode_prompts(pipe: Any, prompts: PromptSet | Sequence[str], batch_size: int = 16) -> PromptTable:
-    """Encode every prompt and the empty one with the pipeline's ``encode_prompt`` (its text encoders, in chunks of
-    ``batch_size``); the caller may free the encoders afterwards."""
+    """Encode every prompt and the empty one with the pipeline's own text encoders (its family's ``encode``, in
+    chunks of ``batch_size``); the caller may free the encoders afterwards."""
+    from .family import family_of
+
+    encode = family_of(pipe).encode
     texts = list(prompts.prompts if isinstance(prompts, PromptSet) else PromptSet(tuple(prompts)).prompts)
     hidden, pooled = [], []
     for i in range(0, len(texts), batch_size):
-        h, _, p, _ = pipe.encode_prompt(texts[i:i + batch_size], None, None, do_classifier_free_guidance=False)
+        h, p = encode(pipe, texts[i:i + batch_size])
         hidden.append(h)
         pooled.append(p)
-    null_h, _, null_p, _ = pipe.encode_prompt([""], None, None, do_classifier_free_guidance=False)
+    null_h, null_p = encode(pipe, [""])
     return PromptTable(tuple(texts), torch.cat(hidden), torch.cat(pooled), null_h[0], null_p[0])
 
 
