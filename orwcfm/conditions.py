@@ -41,6 +41,11 @@ class Cond(Protocol):
         guidance's unconditional pass sees, and what condition dropout trains."""
         ...
 
+    def drop(self, mask: torch.Tensor) -> Cond:
+        """The same batch with the conditions where ``mask`` ((B,) bool) is True replaced by the null one, the
+        others kept (prompt dropout in fine-tuning); the group ids stay the samples' own."""
+        ...
+
 
 @dataclass(frozen=True)
 class Labels:

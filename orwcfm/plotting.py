@@ -105,6 +105,32 @@ def save_samples(samples: torch.Tensor, path: str | Path, title: str = "") -> Pa
     return save_scatter(samples, path, title=title)
 
 
+def save_prompt_grid(images: torch.Tensor, prompts: list[str], path: str | Path, per_prompt: int = 4,
+                     max_prompts: int = 8, title: str = "") -> Path:
+    """One row per prompt (the first ``max_prompts`` distinct ones, in order of appearance), its first
+    ``per_prompt`` images (N, 3, H, W) in [0, 1] side by side, the prompt as the row's caption."""
+    plt = _pyplot()
+    rows: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        if p in rows or len(rows) < max_prompts:
+            rows.setdefault(p, [])
+            if len(rows[p]) < per_prompt:
+                rows[p].append(i)
+    cols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.75 * len(rows)), dpi=110, squeeze=False)
+    for r, (prompt, idx) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(idx):
+                ax.imshow(images[idx[c]].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+        caption = prompt if len(prompt) <= 12 * cols else prompt[:12 * cols - 3] + "..."
+        axes[r][0].set_title(caption, fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return _save_figure(fig, path)
+
+
 def save_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Plot per-epoch evaluation rows (``epoch`` plus numbers) as one panel per metric: reward, target fraction
     (when present), diversity."""

@@ -42,3 +42,20 @@ def tiny_sd3(tiny_sd3_folder):
     from orwcfm.t2i.load import load_pipeline
 
     return load_pipeline(tiny_sd3_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(tmp_path_factory):
+    """A tiny random Flux pipeline saved in diffusers' layout (t2i extra); tests that change it load their own."""
+    pytest.importorskip("diffusers", reason="the t2i extra (pip install 'orwcfm[t2i]'); dev installs it, so CI runs this")
+    from orwcfm.t2i.tiny import write_tiny_flux
+
+    return write_tiny_flux(tmp_path_factory.mktemp("tiny-flux") / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tiny_flux_folder):
+    """The tiny Flux pipeline loaded once for the tests that only read it."""
+    from orwcfm.t2i.load import load_pipeline
+
+    return load_pipeline(tiny_flux_folder)

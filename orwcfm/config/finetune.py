@@ -9,6 +9,7 @@ from ..algorithms.orw_cfm_w2 import ORW_HELP
 from ..errors import UserError
 from .fields import SHARED_HELP, _in_unit_interval, _non_negative, _positive, dataclass_frozen, setting
 from .sampling import SamplingConfig
+from .t2i import TextToImageConfig
 
 
 def _midpoint_x10() -> SamplingConfig:
@@ -115,10 +116,10 @@ class FinetuneConfig:
     algorithm: str = setting("orw-cfm-w2", help="The fine-tuning algorithm (orwcfm.algorithms): orw-cfm-w2, the "
                                                 "paper's (w2_coefficient 0 is ORW-CFM).")
     weight_groups: Literal["batch", "condition"] = setting("batch", help=ORW_HELP["weight_groups"])
-    prompts: tuple[str, ...] | None = setting(
-        None, help="The prompts of a class-conditional model, in class order (prompt k is class k, e.g. \"a "
-                   "handwritten 3\" is the digit 3); the policy samples under them and the reward sees them; null = "
-                   "an unconditional model.")
+    prompts: str | tuple[str, ...] | None = setting(
+        None, help="The prompts the policy samples under and the reward sees: a list, or a .txt file (one prompt per "
+                   "line) or .jsonl file ({\"prompt\": ...} per line); for a class-conditional model in class order "
+                   "(prompt k is class k, e.g. \"a handwritten 3\" is the digit 3); null = an unconditional model.")
     samples_per_prompt: int = setting(
         1, help="k, samples drawn per prompt at each refresh, consecutively (a condition group, as group-relative "
                 "methods draw them; must divide the samples per refresh); 1 draws every sample's prompt "
@@ -130,6 +131,22 @@ class FinetuneConfig:
     event_shape: tuple[int, ...] | None = setting(
         None, help="Shape of one sample, e.g. [1, 8, 8] or [2], for models without shape attributes (a non-empty "
                    "list of positive integers); null = read it off the model or the reference checkpoint.")
+
+    # Text-to-image (a diffusers pipeline instead of an orwcfm reference; needs the t2i extra).
+    model: str | None = setting(
+        None, help="A diffusers text-to-image pipeline to fine-tune with LoRA: a save_pretrained folder, a hub id "
+                   "already in the local cache (nothing is downloaded) or builtin:tiny-sd3 (a tiny random one, for "
+                   "smoke runs); its base transformer is the reference. null = fine-tune an orwcfm reference (ref_path).")
+    eval_prompts: str | tuple[str, ...] | None = setting(
+        None, help="Held-out prompts of every evaluation (a list, .txt or .jsonl file), never trained on; null = the "
+                   "training prompts.")
+    prompt_dropout: float = setting(
+        0.0, help="Probability in [0, 1) that a training sample's prompt is replaced by the null one (the empty "
+                  "prompt, or the null class) in the loss, both terms, so that the unconditional field guidance "
+                  "needs keeps being trained; the reward always sees the real prompt. 0 = never.")
+    t2i: TextToImageConfig = setting(
+        factory=TextToImageConfig, help="Settings of a run on a diffusers pipeline (model): resolution, LoRA, base "
+                                        "precision, gradient checkpointing, decoding.")
 
     def __post_init__(self) -> None:
         for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "log_every", "keep_checkpoints"):
@@ -160,8 +177,24 @@ class FinetuneConfig:
         if self.refresh == "offline" and (self.buffer_size is None or self.refresh_every is not None):
             raise UserError("config key 'refresh': 'offline' draws one buffer from the reference and never refreshes: "
                             f"it needs buffer_size (got {self.buffer_size}) and no refresh_every (got {self.refresh_every})")
-        if self.prompts is not None and (len(self.prompts) == 0 or not all(p.strip() for p in self.prompts)):
-            raise UserError(f"config key 'prompts' must be a non-empty list of non-empty prompts or null, got {list(self.prompts)}")
+        for key in ("prompts", "eval_prompts"):
+            value = getattr(self, key)
+            if isinstance(value, str) and not value.strip():
+                raise UserError(f"config key '{key}' must be a prompt file, a non-empty list of prompts or null, got ''")
+            if isinstance(value, tuple) and (len(value) == 0 or not all(p.strip() for p in value)):
+                raise UserError(f"config key '{key}' must be a non-empty list of non-empty prompts, a prompt file or "
+                                f"null, got {list(value)}")
+        _in_unit_interval("prompt_dropout", self.prompt_dropout)
+        if self.model is not None and self.prompts is None:
+            raise UserError("config key 'model' (a text-to-image pipeline) needs 'prompts': a list, or a .txt / .jsonl "
+                            "file of prompts")
+        if self.model is not None and self.ref_path is not None:
+            raise UserError(f"config keys 'model' ({self.model}) and 'ref_path' ({self.ref_path}) both name the model "
+                            "to start from: a pipeline's reference is its own base transformer; set one of them")
+        if self.eval_prompts is not None and self.prompts is None:
+            raise UserError("config key 'eval_prompts' needs 'prompts' (the training prompts)")
+        if self.prompt_dropout > 0 and self.prompts is None:
+            raise UserError(f"config key 'prompt_dropout' ({self.prompt_dropout}) needs a conditional run: 'prompts' is null")
         if self.weight_groups == "condition" and self.prompts is None:
             raise UserError("config key 'weight_groups': 'condition' normalises within each prompt, but 'prompts' is null")
         if self.event_shape is not None and not (self.event_shape and min(self.event_shape) > 0):

@@ -17,6 +17,7 @@ builds it from a config and adds loading, sampling, evaluation and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -141,6 +142,17 @@ class FinetuneLoop(ABC):
             self.algorithm.refresh(self.buffer)
         return self.buffer.next(min(self.local_batch, len(self.buffer)))
 
+    def _drop_prompts(self, batch: Minibatch) -> Minibatch:
+        """Prompt dropout: each sample's condition replaced by the null one with probability ``prompt_dropout``,
+        for the loss only (the rewards were computed under the real prompts), so that the unconditional field that
+        classifier-free guidance extrapolates from keeps being trained. No draw when it is 0: runs without it keep
+        their random streams."""
+        p = self.config.prompt_dropout
+        if p == 0 or batch.cond is None:
+            return batch
+        mask = torch.rand(len(batch.cond), generator=self.generator) < p
+        return dataclasses.replace(batch, cond=batch.cond.drop(mask))
+
     # ------------------------------------------------------------------------------------------------------------
     # loss, step, log
 
@@ -161,7 +173,7 @@ class FinetuneLoop(ABC):
         for _ in range(n):
             if runtime.stop_requested(stop, self.dist, self.device):
                 return
-            batch = self._next_batch()
+            batch = self._drop_prompts(self._next_batch())
             x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
             t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
             with autocast(self.device, cfg.precision):

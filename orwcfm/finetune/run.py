@@ -28,12 +28,17 @@ def resolve_reference(ref_path: str | None, cache: str | Path | None = None, pro
 
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
                  progress: bool = True) -> FinetuneSummary:
-    """Build the model from the reference's sidecar, fine-tune it and return the summary.
+    """Build the model from the reference's sidecar (or, with ``config.model``, load a diffusers pipeline and give
+    its transformer LoRA adapters: :mod:`orwcfm.t2i.run`), fine-tune it and return the summary.
 
     Under ``torchrun`` / ``accelerate launch`` every process runs this; they join one process group first
     (``distributed.setup``), and rank 0 builds any cached asset (classifier, built-in reference) before the others
     read it.
     """
+    if config.model is not None:  # a diffusers text-to-image pipeline, fine-tuned with LoRA
+        from ..t2i.run import run_t2i
+
+        return run_t2i(config, resume=resume, cache=cache, progress=progress)
     ctx, device = dist_util.setup(config.device)
     finished = False
     try:

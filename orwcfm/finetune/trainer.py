@@ -28,14 +28,15 @@ from .. import checkpoint as ckpt
 from .. import distributed as dist_util
 from .. import runtime
 from ..algorithms import make_algorithm
-from ..conditions import ClassPrompts
+from ..conditions import ClassPrompts, index_cond
 from ..config import FinetuneConfig, finetune_config
 from ..couplings import get_coupling
 from ..errors import UserError
 from ..guidance import guided
 from ..models import ModelSpec
 from ..paths import StraightPath
-from ..plotting import save_curves, save_samples
+from ..plotting import save_curves, save_prompt_grid, save_samples
+from ..prompt_files import read_prompts
 from ..rewards import load_reward, reward_name
 from ..runlog import RunLogger
 from ..sampling import check_solver, generate
@@ -117,18 +118,23 @@ class ORWCFMTrainer(FinetuneLoop):
             three copies of ``model`` (:class:`~orwcfm.finetune.roles.CopyRoles`).
         time_grid: ``steps -> (steps + 1,)`` time grid of every sampler of the run (policy, sample(), evaluations),
             e.g. a text-to-image pipeline's shifted schedule (:func:`orwcfm.t2i.sd3.time_grid`); default uniform.
+        decode: ``samples (N, *shape) -> images (N, 3, H, W) in [0, 1]`` for the sample grids of a latent model
+            (its VAE decoder); with a text prompt set the grids show one row per prompt, captioned. Default: the
+            samples are the images.
     """
 
     def __init__(self, model: nn.Module, config: FinetuneConfig | Mapping[str, Any] | None = None,
                  device: torch.device | str | None = None, *, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  event_shape: tuple[int, ...] | None = None, cache: str | Path | None = None, progress: bool = True,
                  prompts: Any = None, roles: Any = None,
-                 time_grid: Callable[[int], torch.Tensor] | None = None) -> None:
+                 time_grid: Callable[[int], torch.Tensor] | None = None,
+                 decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         cfg = self.config = config if isinstance(config, FinetuneConfig) else finetune_config(config)
         for sampler in (cfg.sampling, cfg.eval_sampling):
             check_solver(sampler.solver, sampler.steps)
         self.device = torch.device(device if device is not None else cfg.device)
         self.cache, self.progress, self.prompts, self.time_grid = cache, progress, prompts, time_grid
+        self.decode = decode
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         # Several processes (torchrun, accelerate launch): this rank's share of the batch and buffer, its own random
@@ -142,7 +148,10 @@ class ORWCFMTrainer(FinetuneLoop):
         # the sample shape: the argument, else the config's, else the model's attributes (else the reference's spec)
         self.event_shape = tuple(event_shape or cfg.event_shape or ()) or infer_event_shape(model)
         if self.prompts is None and cfg.prompts is not None:
-            self.prompts = ClassPrompts(tuple(cfg.prompts), cfg.samples_per_prompt)
+            if cfg.eval_prompts is not None:
+                raise UserError("config key 'eval_prompts' holds out text prompts; a class-conditional model's prompts "
+                                "are its classes (prompt k is class k), so there is nothing to hold out")
+            self.prompts = ClassPrompts(read_prompts(cfg.prompts).prompts, cfg.samples_per_prompt)
         check_prompts(self.prompts, model, cfg)
         self.spec: ModelSpec | None = None
         self.reference_data: str | None = None  # the data set the reference was pretrained on (picks the judge)
@@ -284,6 +293,24 @@ class ORWCFMTrainer(FinetuneLoop):
                         reference_samples=ref.samples, vendi_bandwidth=ref.bandwidth, reference_floor=ref.w2_floor,
                         judge=self._judge, cond=cond, times=self._times(s.steps))
 
+    def _save_grid(self, ev: Evaluation, epoch: int) -> None:
+        """``samples/epoch_NNN.png``: the evaluation's samples (decoded first for a latent model; one captioned
+        row per prompt for text prompts)."""
+        path, title = self.run_dir / "samples" / f"epoch_{epoch:03d}.png", f"epoch {epoch}: reward {ev.reward_mean:.3f}"
+        if self.decode is None:
+            save_samples(ev.samples[:100], path, title=title)
+            return
+        texts = getattr(self.prompts, "texts", None)
+        prompts = len(getattr(self.prompts, "eval_prompts", ()))
+        if texts is None or not prompts:
+            save_samples(self.decode(ev.samples[:100]) * 2 - 1, path, title=title)
+            return
+        # the evaluation spreads its samples over the prompts in rounds (0, 1, .., E-1, 0, ..): sample r * E + p
+        # is prompt p's r-th; decode only the grid's (up to 8 prompts x 4 samples)
+        idx = torch.tensor([r * prompts + p for p in range(min(prompts, 8)) for r in range(4)
+                            if r * prompts + p < len(ev.samples)])
+        save_prompt_grid(self.decode(ev.samples[idx]), texts(index_cond(self._eval_cond(), idx)), path, title=title)
+
     def _refresh_policy(self) -> None:
         self.roles.refresh_policy()
 
@@ -294,8 +321,7 @@ class ORWCFMTrainer(FinetuneLoop):
                **{k: v for k, v in ev.task.items() if isinstance(v, list)}}
         self.history.append(row)
         logger.log(self.step, ev.scalars(), prefix="eval/")
-        save_samples(ev.samples[:100], self.run_dir / "samples" / f"epoch_{epoch:03d}.png",
-                     title=f"epoch {epoch}: reward {ev.reward_mean:.3f}")
+        self._save_grid(ev, epoch)
         save_curves(self.history, self.run_dir / "curves.png",
                     title=f"{self.reward_name}: alpha={self.config.w2_coefficient:g}, tau={self.config.temperature:g}")
 

@@ -3,15 +3,15 @@
     family = family_of(pipe)                   # by type(pipe.transformer).__name__
     field = family.field(pipe, guidance=3.5)   # the transformer as a velocity field (t, z, cond) -> v
     hidden, pooled = family.encode(pipe, texts)
-    family.latent_shape(space, transformer, 512, 512)   # (C, h, w) of the library's samples
-    family.image_seq_len(h, w)                 # tokens of the transformer, for a schedule shifted by image size
+    family.latent_shape(space, transformer.config, 512, 512)   # (C, h, w) of the library's samples
+    family.image_seq_len(transformer.config, h, w)   # its tokens, for a schedule shifted by image size
 
 Everything else (prompts, LoRA roles, latents' scaling, rewards on decoded images) is shared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,9 @@ class ModelFamily:
         field: ``(pipe, guidance) -> nn.Module`` the velocity field ``(t (B,), z (B, C, h, w), cond) -> (B, C, h, w)``;
             ``guidance`` is the guidance-embedding value of guidance-distilled models (Flux.1-dev), ignored otherwise.
         encode: ``(pipe, texts) -> (hidden (N, L, D), pooled (N, P))`` with the pipeline's own text encoders.
-        patch: latent pixels per transformer token along each side (the resolution must be a multiple of
-            VAE factor x patch).
+        patch: ``transformer config -> `` latent pixels per transformer token along each side (the resolution must
+            be a multiple of VAE factor x patch); the config is the transformer's ``config`` or its saved
+            ``config.json``, so that sizes are checked before any weight is read.
     """
 
     name: str
@@ -41,15 +42,16 @@ class ModelFamily:
     needed: tuple[str, ...]
     field: Callable[[Any, float | None], nn.Module]
     encode: Callable[[Any, list[str]], tuple[Tensor, Tensor]]
-    patch: Callable[[nn.Module], int]
+    patch: Callable[[Mapping[str, Any]], int]
 
-    def latent_shape(self, space: Any, transformer: nn.Module, height: int, width: int) -> tuple[int, int, int]:
+    def latent_shape(self, space: Any, transformer_config: Mapping[str, Any], height: int,
+                     width: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents of a ``height`` x ``width`` image (one line unless the resolution divides)."""
-        return space.shape(height, width, self.patch(transformer))
+        return space.shape(height, width, self.patch(transformer_config))
 
-    def image_seq_len(self, transformer: nn.Module, h: int, w: int) -> int:
+    def image_seq_len(self, transformer_config: Mapping[str, Any], h: int, w: int) -> int:
         """Image tokens the transformer sees for (h, w) latents (a size-shifted schedule's argument)."""
-        p = self.patch(transformer)
+        p = self.patch(transformer_config)
         return (h // p) * (w // p)
 
 
@@ -68,7 +70,7 @@ def _sd3_encode(pipe: Any, texts: list[str]) -> tuple[Tensor, Tensor]:
 
 SD3 = ModelFamily("sd3", "SD3Transformer2DModel", "StableDiffusion3Pipeline",
                   ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-                  _sd3_field, _sd3_encode, lambda transformer: int(transformer.config.patch_size))
+                  _sd3_field, _sd3_encode, lambda config: int(config["patch_size"]))
 
 
 # -- Flux.1 (orwcfm.t2i.flux) ---------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ def _flux_encode(pipe: Any, texts: list[str]) -> tuple[Tensor, Tensor]:
 # Flux packs 2 x 2 latent pixels into one token
 FLUX = ModelFamily("flux", "FluxTransformer2DModel", "FluxPipeline",
                    ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-                   _flux_field, _flux_encode, lambda transformer: 2)
+                   _flux_field, _flux_encode, lambda config: 2)
 
 FAMILIES: dict[str, ModelFamily] = {f.transformer_class: f for f in (SD3, FLUX)}
 

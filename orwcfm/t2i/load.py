@@ -30,8 +30,37 @@ class PipelineFolder:
     absent: tuple[str, ...]
 
 
-def resolve_source(source: str | Path) -> Path:
-    """The local folder of ``source``: the folder itself, or the cached snapshot of a hub id (never downloaded)."""
+# builtin:NAME -> the writer of a tiny random pipeline (orwcfm.t2i.tiny), written into the cache on first use: the
+# smoke runs and tests of the text-to-image path need no download
+BUILTIN_PIPELINES = {"tiny-sd3": "write_tiny_sd3", "tiny-flux": "write_tiny_flux"}
+
+
+def builtin_pipeline(name: str, cache: str | Path | None = None) -> Path:
+    """The folder of the built-in tiny pipeline ``name`` (written once into ``cache/t2i/NAME``, atomically)."""
+    import shutil
+    import tempfile
+
+    from ..assets import cache_dir
+    from . import tiny
+
+    if name not in BUILTIN_PIPELINES:
+        raise UserError(f"unknown built-in pipeline builtin:{name}; built-in: "
+                        f"{', '.join('builtin:' + n for n in BUILTIN_PIPELINES)}")
+    folder = cache_dir(cache) / "t2i" / name
+    if not (folder / "model_index.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            getattr(tiny, BUILTIN_PIPELINES[name])(Path(tmp) / "pipe")
+            shutil.rmtree(folder, ignore_errors=True)
+            (Path(tmp) / "pipe").rename(folder)
+    return folder
+
+
+def resolve_source(source: str | Path, cache: str | Path | None = None) -> Path:
+    """The local folder of ``source``: the folder itself, ``builtin:NAME`` (a tiny random pipeline, written into the
+    cache on first use), or the cached snapshot of a hub id (never downloaded)."""
+    if str(source).startswith("builtin:"):
+        return builtin_pipeline(str(source)[len("builtin:"):], cache)
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -47,9 +76,9 @@ def resolve_source(source: str | Path) -> Path:
                         "download it once elsewhere, or pass the pipeline folder") from None
 
 
-def inspect_folder(source: str | Path) -> PipelineFolder:
+def inspect_folder(source: str | Path, cache: str | Path | None = None) -> PipelineFolder:
     """Check a pipeline folder without loading weights: its transformer is supported, every needed component is there."""
-    path = resolve_source(source)
+    path = resolve_source(source, cache)
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise UserError(f"{path} is not a diffusers pipeline folder (no model_index.json)")

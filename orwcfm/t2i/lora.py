@@ -12,53 +12,19 @@ calls today's copies (:class:`~orwcfm.finetune.roles.CopyRoles`).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..config.t2i import LoraSettings
 from ..errors import UserError
 
 TRAIN, POLICY = "default", "policy"
-
-
-def _help(text: str, default: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The LoRA adapters on the transformer."""
-
-    rank: int = _help("r, the rank of each adapter (its A is r x in, its B out x r; B starts at 0).", 16)
-    alpha: float = _help("lora_alpha: the adapter's output is scaled by alpha / rank.", 16.0)
-    target_modules: tuple[str, ...] = _help(
-        "Names (suffixes) of the transformer's linear layers that get adapters; SD3 and Flux: the attention "
-        "projections.", ("to_k", "to_q", "to_v", "to_out.0"))
-    dropout: float = _help("Dropout on the adapters' input during training (0: none, so that the W2 term is "
-                           "exactly 0 while the adapter is 0).", 0.0)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise UserError(f"lora rank must be a positive integer, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
-            raise UserError(f"lora alpha must be a number > 0, got {self.alpha!r}")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
-            raise UserError(f"lora target_modules must be a non-empty list of module names, got {self.target_modules!r}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
-
-    def peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.target_modules),
-                          lora_dropout=self.dropout, init_lora_weights="gaussian")
 
 
 def check_targets(transformer: nn.Module, targets: tuple[str, ...]) -> None:
@@ -110,10 +76,15 @@ class LoraRoles:
         transformer: a diffusers transformer (``PeftAdapterMixin``: ``add_adapter``, ``set_adapter``).
         settings: rank, alpha, target modules, dropout.
         gradient_checkpointing: recompute the transformer's activations in backward (memory for time).
+        dist: several processes: the trained forward is wrapped in DDP, whose reducer holds only the parameters
+            that need gradients, the trained adapter's: gradients of the adapter alone are averaged over ranks.
     """
 
     def __init__(self, field: nn.Module, transformer: nn.Module, settings: LoraSettings = LoraSettings(), *,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, dist: Any = None) -> None:
+        from .. import distributed as dist_util
+        from ..runtime import wrap_ddp
+
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         check_targets(transformer, settings.target_modules)
@@ -130,7 +101,8 @@ class LoraRoles:
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.model = _RoleView(self, TRAIN)
-        self.train_net = self.model
+        device = next(transformer.parameters()).device
+        self.train_net = wrap_ddp(self.model, dist or dist_util.DistContext(), device)
         self.ema = None  # an EMA of the adapter weights is not offered yet
         self._policy, self._reference = _RoleView(self, POLICY), _RoleView(self, None)
         self.refresh_policy()

@@ -8,54 +8,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..conditions import check_prompt_texts, check_samples_per_prompt
+from ..conditions import check_samples_per_prompt
 from ..errors import UserError
+from ..prompt_files import PromptSet, read_prompts
 from .sd3 import PromptEmbeds
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """Prompts and the metadata of each (empty dicts for a text file or a list)."""
-
-    prompts: tuple[str, ...]
-    metadata: tuple[dict[str, Any], ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        check_prompt_texts(self.prompts)
-
-
-def read_prompts(source: str | Path | Sequence[str]) -> PromptSet:
-    """A prompt set from a ``.txt`` file (one per line), a ``.jsonl`` file (objects with a ``prompt``) or a list."""
-    if isinstance(source, (list, tuple)):
-        return PromptSet(tuple(source), tuple({} for _ in source))
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"prompt file {path} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise UserError(f"prompt file {path} holds no prompt (one prompt per line expected)")
-    if path.suffix != ".jsonl":
-        return PromptSet(tuple(line.strip() for line in lines), tuple({} for _ in lines))
-    prompts, metadata = [], []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise UserError(f"{path}:{number}: expected an object with a \"prompt\" string, got {line[:80]!r}")
-        prompts.append(row["prompt"])
-        metadata.append({k: v for k, v in row.items() if k != "prompt"})
-    return PromptSet(tuple(prompts), tuple(metadata))
 
 
 @dataclass(frozen=True)
@@ -122,28 +85,63 @@ class TextPrompts:
     """A text prompt set for the fine-tuning loop (the interface of :class:`~orwcfm.conditions.ClassPrompts`).
 
     Attributes:
-        table: the encoded prompts.
+        table: the encoded prompts: the training prompts first, then any held-out ones.
         samples_per_prompt: k consecutive samples per drawn prompt (a condition group).
+        num_train: how many of the table's prompts are trained on (the first ones); the others are held out and
+            are what every evaluation is spread over. None: all are trained on and evaluated.
     """
 
     table: PromptTable
     samples_per_prompt: int = 1
+    num_train: int | None = None
 
     def __post_init__(self) -> None:
         check_samples_per_prompt(self.samples_per_prompt)
+        if self.num_train is not None and not 0 < self.num_train <= len(self.table):
+            raise UserError(f"num_train must be in [1, {len(self.table)}], got {self.num_train}")
+
+    @classmethod
+    def encode(cls, pipe: Any, train: PromptSet, held_out: PromptSet | None = None,
+               samples_per_prompt: int = 1) -> TextPrompts:
+        """Encode the training prompts and the held-out ones (if any) once, into one table."""
+        texts = train.prompts + (held_out.prompts if held_out is not None else ())
+        return cls(encode_prompts(pipe, texts), samples_per_prompt,
+                   len(train.prompts) if held_out is not None else None)
 
     @property
     def prompts(self) -> tuple[str, ...]:
+        """Every prompt of the table (training, then held-out): what a sample's prompt index refers to."""
         return self.table.prompts
+
+    @property
+    def train_prompts(self) -> tuple[str, ...]:
+        return self.table.prompts[:self._train]
+
+    @property
+    def eval_prompts(self) -> tuple[str, ...]:
+        """The prompts evaluations are spread over: the held-out ones, else the training ones."""
+        return self.table.prompts[self._train:] if self._train < len(self.table) else self.table.prompts
+
+    @property
+    def _train(self) -> int:
+        return len(self.table) if self.num_train is None else self.num_train
 
     def __len__(self) -> int:
         return len(self.table)
 
     def draw(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> PromptEmbeds:
-        return self.table.draw(n, self.samples_per_prompt, generator).to(device)
+        """n / k training prompts drawn uniformly (CPU ``generator``), each for k consecutive samples."""
+        k = self.samples_per_prompt
+        if n % k:
+            raise UserError(f"samples_per_prompt {k} must divide the samples drawn ({n})")
+        ids = torch.randint(self._train, (n // k,), generator=generator)
+        return self.table.embeds(ids.repeat_interleave(k)).to(device)
 
     def spread(self, n: int, device: torch.device | str = "cpu") -> PromptEmbeds:
-        return self.table.spread(n).to(device)
+        """n samples spread evenly over the evaluation prompts (held-out if any): an evaluation's conditions."""
+        first = self._train if self._train < len(self.table) else 0
+        count = len(self.table) - first
+        return self.table.embeds(first + torch.arange(n) % count).to(device)
 
     def restore(self, state: dict, device: torch.device | str = "cpu") -> PromptEmbeds:
         """The conditions a checkpoint saved (:meth:`PromptEmbeds.state`)."""

@@ -60,6 +60,17 @@ class PromptEmbeds:
         return PromptEmbeds(self.null_hidden.expand(b, *self.null_hidden.shape).contiguous(),
                             self.null_pooled.expand(b, -1).contiguous(), self.ids, self.null_hidden, self.null_pooled)
 
+    def drop(self, mask: Tensor) -> PromptEmbeds:
+        """The empty prompt's embeddings where ``mask`` ((B,) bool) is True (prompt dropout); the ids stay, so
+        the samples keep their groups."""
+        if mask.dtype != torch.bool or tuple(mask.shape) != (len(self),):
+            raise UserError(f"a prompt-dropout mask must be a bool tensor of shape ({len(self)},), got {mask.dtype} "
+                            f"{tuple(mask.shape)}")
+        m = mask.to(self.hidden.device)
+        return PromptEmbeds(torch.where(m[:, None, None], self.null_hidden, self.hidden),
+                            torch.where(m[:, None], self.null_pooled, self.pooled), self.ids, self.null_hidden,
+                            self.null_pooled)
+
     def state(self) -> dict:
         """What a checkpoint keeps of these conditions: the prompt indices (the prompt set re-encodes them)."""
         return {"kind": "prompts", "ids": self.ids.cpu()}
@@ -80,27 +91,40 @@ class SD3Field(nn.Module):
     def forward(self, t: Tensor, z: Tensor, cond: PromptEmbeds | None = None) -> Tensor:
         if cond is None:
             raise UserError("the SD3 transformer needs prompt embeddings (its unconditional pass is the empty prompt)")
-        sigma = (1.0 - t).to(z.dtype)
-        prediction = self.transformer(hidden_states=z, timestep=1000.0 * sigma, encoder_hidden_states=cond.hidden,
-                                      pooled_projections=cond.pooled, return_dict=False)[0]
-        return -prediction
+        # a base in bf16 takes its inputs in bf16; the samples, the ODE state and the loss stay in z's dtype
+        dtype = self.transformer.dtype
+        sigma = (1.0 - t).to(dtype)
+        prediction = self.transformer(hidden_states=z.to(dtype), timestep=1000.0 * sigma,
+                                      encoder_hidden_states=cond.hidden.to(dtype),
+                                      pooled_projections=cond.pooled.to(dtype), return_dict=False)[0]
+        return -prediction.to(z.dtype)
 
 
-def time_grid(scheduler, steps: int, image_seq_len: int | None = None) -> Tensor:
+def time_grid(scheduler, steps: int, image_seq_len: int | None = None, *, flux_spacing: bool | None = None) -> Tensor:
     """(steps + 1,) the library's time grid ``t = 1 - sigma`` of the pipeline's own scheduler for ``steps``
     inference steps: its shift (SD3: 3), or for a scheduler with dynamic shifting (Flux) the shift of
-    ``image_seq_len`` latent tokens, as the pipelines compute it."""
+    ``image_seq_len`` latent tokens, as the pipelines compute it.
+
+    ``flux_spacing``: space the unshifted sigmas as FluxPipeline does, ``np.linspace(1, 1 / steps, steps)``, instead
+    of the scheduler's own spacing from sigma_max to sigma_min (StableDiffusion3Pipeline's). Default: FluxPipeline's
+    for a dynamically shifted scheduler (Flux.1-dev), the scheduler's otherwise (SD3); pass True for a Flux pipeline
+    with a fixed shift (Flux.1-schnell)."""
+    import numpy as np
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     cfg = scheduler.config
-    if cfg.get("use_dynamic_shifting"):
+    dynamic = bool(cfg.get("use_dynamic_shifting"))
+    kwargs = {}
+    if dynamic:
         if image_seq_len is None:
             raise UserError("this scheduler shifts its schedule by the image size: pass image_seq_len")
-        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        scheduler.set_timesteps(steps, mu=mu)
+        kwargs["mu"] = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256),
+                                       cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                       cfg.get("max_shift", 1.15))
+    if flux_spacing if flux_spacing is not None else dynamic:  # FluxPipeline's custom sigmas
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), **kwargs)
     else:
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, **kwargs)
     sigmas = scheduler.sigmas.to(torch.float64)
     if abs(float(sigmas[0]) - 1.0) > 1e-6 or float(sigmas[-1]) != 0.0:
         raise UserError(f"expected a schedule from sigma 1 to 0, got {float(sigmas[0])} .. {float(sigmas[-1])}")
