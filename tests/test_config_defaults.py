@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from orwcfm.assets import reference_config
+from orwcfm.config.t2i import TextToImageConfig
 from orwcfm.config import (
     BUILTIN_REFERENCES,
     FINETUNE_PRESETS,
@@ -33,12 +34,15 @@ PINNED = json.loads((Path(__file__).parent / "config_defaults.json").read_text()
 # Fine-tuning keys added after the pinned commit, with the default that keeps the old behaviour.
 NEW_KEYS = {"event_shape": None, "refresh": "online", "algorithm": "orw-cfm-w2", "weight_groups": "batch", "prompts": None,
             "samples_per_prompt": 1, "judge": "auto"}
+# fine-tuning only (pretraining's 'model' is its network's section)
+NEW_FINETUNE_KEYS = {"model": None, "eval_prompts": None, "prompt_dropout": 0.0, "t2i": to_dict(TextToImageConfig())}
 NEW_SAMPLING_KEYS = {"guidance": 1.0}  # in every sampler section
 
 
-def _without_new_keys(settings: dict) -> dict:
-    assert {k: settings[k] for k in NEW_KEYS if k in settings} == {k: v for k, v in NEW_KEYS.items() if k in settings}
-    out = {k: v for k, v in settings.items() if k not in NEW_KEYS}
+def _without_new_keys(settings: dict, finetune: bool = False) -> dict:
+    new = {**NEW_KEYS, **NEW_FINETUNE_KEYS} if finetune else NEW_KEYS
+    assert {k: settings[k] for k in new if k in settings} == {k: v for k, v in new.items() if k in settings}
+    out = {k: v for k, v in settings.items() if k not in new}
     for section in ("sampling", "eval_sampling"):
         if section in out:
             assert {k: out[section][k] for k in NEW_SAMPLING_KEYS} == NEW_SAMPLING_KEYS
@@ -54,7 +58,7 @@ def test_default_pretrain_config_is_pinned():
 
 
 def test_default_finetune_config_is_pinned():
-    assert _without_new_keys(to_dict(FinetuneConfig())) == PINNED["FinetuneConfig"]
+    assert _without_new_keys(to_dict(FinetuneConfig()), finetune=True) == PINNED["FinetuneConfig"]
     cfg = FinetuneConfig()
     assert (cfg.w2_coefficient, cfg.temperature, cfg.learning_rate, cfg.weighting) == (1.0, 0.5, 2e-4, "paper")
     assert cfg.sampling == cfg.eval_sampling == SamplingConfig(solver="midpoint", steps=10)
@@ -62,12 +66,13 @@ def test_default_finetune_config_is_pinned():
 
 def test_every_preset_and_reference_is_pinned():
     assert sorted(PRETRAIN_PRESETS) == sorted(PINNED["pretrain_presets"])
-    assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align", "mnist5k-align"])  # added since
+    assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align", "mnist5k-align", "sd3-clip",
+                                                   "sd3-tiny", "flux-clip"])  # added since
     assert sorted(BUILTIN_REFERENCES) == sorted([*PINNED["builtin_references"], "mnist5k-cond"])  # added since
     for name, pinned in PINNED["pretrain_presets"].items():
         assert _without_new_keys(to_dict(pretrain_config(name))) == pinned, name
     for name, pinned in PINNED["finetune_presets"].items():
-        assert _without_new_keys(to_dict(finetune_config(config_file=name))) == pinned, name
+        assert _without_new_keys(to_dict(finetune_config(config_file=name)), finetune=True) == pinned, name
     for name, pinned in PINNED["builtin_references"].items():
         assert _without_new_keys(to_dict(reference_config(name))) == pinned, name
 

@@ -79,8 +79,9 @@ def test_packing_and_ids_are_the_pipelines(tiny_flux):
     expected = FluxPipeline._prepare_latent_image_ids(3, 2, 3, torch.device("cpu"), torch.float32)
     assert torch.equal(image_ids(4, 6, torch.device("cpu"), torch.float32), expected)
     family, space = family_of(tiny_flux), LatentSpace.of(tiny_flux.vae)
-    assert family.latent_shape(space, tiny_flux.transformer, SIZE, 48) == (4, SIZE, 48)
-    assert family.image_seq_len(tiny_flux.transformer, SIZE, 48) == 16 * 24
+    config = tiny_flux.transformer.config
+    assert family.latent_shape(space, config, SIZE, 48) == (4, SIZE, 48)
+    assert family.image_seq_len(config, SIZE, 48) == 16 * 24
     with pytest.raises(UserError, match=r"Flux latents must have an even height and width .* got 5x6"):
         pack(noise(0, h=5, w=6))
 
@@ -183,7 +184,7 @@ def test_lora_roles_work_on_flux(tiny_flux_folder):
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen))
         assert not torch.allclose(roles.model(t, z, cond), base, atol=1e-4)
         assert torch.equal(roles.reference()(t, z, cond), base)  # adapters off: the base weights exactly
-    with pytest.raises(UserError, match=r"lora target_modules \['qkv'\] match no linear layer of FluxTransformer2DModel"):
+    with pytest.raises(UserError, match=r"target_modules \['qkv'\] match no linear layer of FluxTransformer2DModel"):
         LoraRoles(FluxField(pipe.transformer), pipe.transformer, LoraSettings(rank=2, target_modules=("qkv",)))
 
 
@@ -212,3 +213,14 @@ def test_bad_guidance_and_missing_conditions_are_one_line(tiny_flux):
         FluxField(tiny_flux.transformer, guidance="high")
     with pytest.raises(UserError, match=r"the Flux transformer needs prompt embeddings"):
         FluxField(tiny_flux.transformer)(torch.zeros(2), noise(5), None)
+
+
+def test_a_bf16_base_takes_fp32_latents_and_returns_them_in_fp32(tiny_flux_folder, tiny_flux):
+    from orwcfm.t2i.load import load_pipeline
+
+    bf16 = load_pipeline(tiny_flux_folder, dtype=torch.bfloat16)
+    cond, t, z = embeds(tiny_flux, PROMPTS), torch.full((2,), 0.3), noise(6)
+    with torch.no_grad():
+        v16, v32 = FluxField(bf16.transformer)(t, z, cond), FluxField(tiny_flux.transformer)(t, z, cond)
+    assert v16.dtype == torch.float32 and v16.shape == z.shape
+    assert (v16 - v32).abs().max() < 0.1 * v32.abs().max()  # the same field up to bf16 rounding

@@ -45,7 +45,8 @@ class TextToImageConfig:
 
     resolution: int | None = setting(
         None, help="Image height and width in pixels (a multiple of the VAE factor x the transformer's patch); "
-                   "null = the transformer's sample_size x the VAE factor (SD3 medium: 1024, the tiny test model: 32).")
+                   "null = the model's own (SD3: the transformer's sample_size x the VAE factor; Flux: the VAE's "
+                   "sample_size; SD3.5 medium and Flux.1: 1024, the tiny test models: 32).")
     lora: LoraSettings = setting(factory=LoraSettings, help="The LoRA adapters: rank, alpha, target_modules, dropout.")
     base_precision: Literal["fp32", "bf16"] = setting(
         "fp32", help="dtype of the frozen base weights (transformer, VAE, text encoders): bf16 halves their memory "

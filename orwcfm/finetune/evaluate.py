@@ -38,6 +38,7 @@ from ..conditions import ClassPrompts, Cond, Labels, chunk_cond
 from ..errors import UserError
 from ..guidance import check_guidance, guided
 from ..rewards import call_reward
+from ..prompt_files import read_prompts
 from ..rewards.base import takes_condition
 from .. import sampling
 from ..sampling import integrate
@@ -304,6 +305,10 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     loaded = load_checkpoint(path)
     config = loaded.meta.get("config", {})
     kind = loaded.meta.get("kind", "?")
+    if config.get("model"):
+        raise UserError(f"{loaded.path} is a LoRA checkpoint of the text-to-image pipeline {config['model']}: "
+                        "orwcfm evaluate does not read those yet; its run's summary.json holds the held-out "
+                        "evaluation, and run_dir/lora loads into the pipeline (pipe.load_lora_weights)")
     # A fine-tuning run records which weights it measured and sampled with (its one choice); else EMA when present.
     which = weights or loaded.meta.get("evaluated_weights") or ("ema" if loaded.ema_weights is not None else "raw")
     model = loaded.build_model(which, device=device)
@@ -353,7 +358,8 @@ def _conditions(model: nn.Module, config: dict[str, Any], n: int, guidance: floa
             raise UserError(f"guidance {scale:g} needs a conditional model; this checkpoint's model is unconditional "
                             "(guidance 1 = none)")
         return None, None, 1.0
-    prompts = list(config.get("prompts") or [f"class {k}" for k in range(classes)])
+    saved = config.get("prompts")
+    prompts = list(read_prompts(saved).prompts if saved else [f"class {k}" for k in range(classes)])
     if len(prompts) != classes:
         raise UserError(f"the checkpoint's config has {len(prompts)} prompts for a model of {classes} classes")
     return prompts, ClassPrompts(tuple(prompts)).spread(n, device), float(scale)

@@ -14,7 +14,9 @@ from .trainer import FinetuneSummary, ORWCFMTrainer, resolve_reward
 def resolve_reference(ref_path: str | None, cache: str | Path | None = None, progress: bool = True) -> Path:
     """The reference checkpoint folder of ``ref_path`` (``builtin:NAME`` is pretrained and cached on first use)."""
     if ref_path is None:
-        raise UserError("fine-tuning needs a reference: --ref DIR (a checkpoint or run folder, or builtin:digits) or ref_path in the config")
+        raise UserError("fine-tuning needs a reference: --ref DIR (a checkpoint or run folder, or builtin:digits) or "
+                        "ref_path in the config; or, for a text-to-image config (sd3-clip, flux-clip), a pipeline: "
+                        "--set model=FOLDER --set prompts=FILE")
     if ref_path.startswith("builtin:"):
         from ..assets import builtin_reference
 

@@ -34,6 +34,8 @@ class ModelFamily:
         patch: ``transformer config -> `` latent pixels per transformer token along each side (the resolution must
             be a multiple of VAE factor x patch); the config is the transformer's ``config`` or its saved
             ``config.json``, so that sizes are checked before any weight is read.
+        flux_spacing: the pipeline spaces its unshifted sigmas as FluxPipeline does (``linspace(1, 1 / steps)``),
+            not as the scheduler would (:func:`orwcfm.t2i.sd3.time_grid`).
     """
 
     name: str
@@ -43,6 +45,8 @@ class ModelFamily:
     field: Callable[[Any, float | None], nn.Module]
     encode: Callable[[Any, list[str]], tuple[Tensor, Tensor]]
     patch: Callable[[Mapping[str, Any]], int]
+    flux_spacing: bool = False
+
 
     def latent_shape(self, space: Any, transformer_config: Mapping[str, Any], height: int,
                      width: int) -> tuple[int, int, int]:
@@ -90,7 +94,7 @@ def _flux_encode(pipe: Any, texts: list[str]) -> tuple[Tensor, Tensor]:
 # Flux packs 2 x 2 latent pixels into one token
 FLUX = ModelFamily("flux", "FluxTransformer2DModel", "FluxPipeline",
                    ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-                   _flux_field, _flux_encode, lambda config: 2)
+                   _flux_field, _flux_encode, lambda config: 2, flux_spacing=True)
 
 FAMILIES: dict[str, ModelFamily] = {f.transformer_class: f for f in (SD3, FLUX)}
 

@@ -94,15 +94,18 @@ class FluxField(nn.Module):
         if cond is None:
             raise UserError("the Flux transformer needs prompt embeddings (its unconditional pass is the empty prompt)")
         b, _, h, w = z.shape
-        sigma = (1.0 - t).to(z.dtype).expand(b)
+        # a base in bf16 takes its inputs in bf16; the samples, the ODE state and the loss stay in z's dtype
+        dtype = self.transformer.dtype
+        sigma = (1.0 - t).to(dtype).expand(b)  # FluxPipeline's timestep / 1000
         # FluxPipeline passes the guidance in float32 whatever the latents' dtype; the transformer casts it
         guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=z.device,
                                                                  dtype=torch.float32)
-        prediction = self.transformer(hidden_states=pack(z), timestep=sigma, guidance=guidance,
-                                      pooled_projections=cond.pooled, encoder_hidden_states=cond.hidden,
-                                      txt_ids=text_ids(cond.hidden.shape[1], z.device, z.dtype),
-                                      img_ids=image_ids(h, w, z.device, z.dtype), return_dict=False)[0]
-        return -unpack(prediction, h, w)
+        prediction = self.transformer(hidden_states=pack(z.to(dtype)), timestep=sigma, guidance=guidance,
+                                      pooled_projections=cond.pooled.to(dtype),
+                                      encoder_hidden_states=cond.hidden.to(dtype),
+                                      txt_ids=text_ids(cond.hidden.shape[1], z.device, dtype),
+                                      img_ids=image_ids(h, w, z.device, dtype), return_dict=False)[0]
+        return -unpack(prediction, h, w).to(z.dtype)
 
 
 def encode_flux(pipe: Any, texts: list[str]) -> tuple[Tensor, Tensor]:

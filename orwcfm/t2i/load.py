@@ -98,13 +98,19 @@ def inspect_folder(source: str | Path, cache: str | Path | None = None) -> Pipel
     return PipelineFolder(path, name, pipeline_class, tuple(absent))
 
 
-def load_pipeline(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Any:
+def load_pipeline(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                  cache: str | Path | None = None, progress: bool = True) -> Any:
     """The pipeline of ``source`` (checked by :func:`inspect_folder`), its weights in ``dtype`` (default: as saved),
-    on ``device``; absent optional components are passed as None."""
+    on ``device``; absent optional components are passed as None. ``progress=False`` silences diffusers' and
+    transformers' loading bars (for this process)."""
     import diffusers
 
-    folder = inspect_folder(source)
+    folder = inspect_folder(source, cache)
+    if not progress:
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     cls = getattr(diffusers, folder.pipeline_class)
-    pipe = cls.from_pretrained(folder.path, local_files_only=True, torch_dtype=dtype,
-                               **{name: None for name in folder.absent})
+    pipe = cls.from_pretrained(folder.path, local_files_only=True, dtype=dtype, **{name: None for name in folder.absent})
     return pipe.to(device)

@@ -83,8 +83,12 @@ def load_prompt_reward(reward: str | None, options: dict[str, Any], text_prompts
         return AestheticScore(options.get("model", "openai/clip-vit-large-patch14"), options["head"]), name
     if ":" in name:
         return _user_reward(name, options), name
-    from ..rewards import load_reward
+    from ..rewards import available_rewards, load_reward
 
+    if name not in available_rewards():
+        raise UserError(f"unknown reward '{name}' for a text-to-image run; prompt rewards: {', '.join(PROMPT_REWARDS)}; "
+                        f"image rewards: {', '.join(r for r in available_rewards() if r != 'clip')}; or "
+                        "file.py:function taking (images, prompts)")
     if name == "clip" and text_prompts is not None:
         options.setdefault("prompts", list(text_prompts))
     return ImageOnly(load_reward(name, cache=cache, **options), name=name), name

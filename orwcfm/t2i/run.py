@@ -58,7 +58,9 @@ def geometry(folder: Path, family: Any, resolution: int | None) -> Geometry:
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     space = LatentSpace(float(vae.get("scaling_factor") or 1.0), float(vae.get("shift_factor") or 0.0), factor,
                         int(vae["latent_channels"]))
-    size = resolution or int(transformer["sample_size"]) * factor
+    # SD3's transformer gives its latent sample size; Flux's config has none, its VAE's gives the image size
+    native = int(transformer["sample_size"]) * factor if "sample_size" in transformer else int(vae["sample_size"])
+    size = resolution or native
     shape = family.latent_shape(space, transformer, size, size)
     return Geometry(size, size, shape, family.image_seq_len(transformer, shape[1], shape[2]))
 
@@ -130,22 +132,26 @@ def build(config: FinetuneConfig, device: torch.device | str | None = None, *, c
         reward_name = getattr(reward_fn, "name", getattr(reward_fn, "__name__", type(reward_fn).__name__))
     # -- load, encode, free
     dtype = torch.bfloat16 if t2i.base_precision == "bf16" else torch.float32
-    pipe = load_pipeline(folder.path, dtype=dtype, device=device)
+    pipe = load_pipeline(folder.path, dtype=dtype, device=device, progress=progress)
     pipe.set_progress_bar_config(disable=True)
     prompts = TextPrompts.encode(pipe, train_prompts, held_out, config.samples_per_prompt)
     if t2i.text_encoders == "free":
         free_text_encoders(pipe)
     # -- roles, reward, the loop
     field = family.field(pipe, t2i.guidance_embed)
-    roles = LoraRoles(field, pipe.transformer, t2i.lora, gradient_checkpointing=t2i.gradient_checkpointing,
-                      dist=dist_util.current())
+    # peft draws the adapters' A from torch's global generator: seeded by the run, without touching the caller's
+    # stream, so that a run (and every rank of it) starts from the same adapters whatever ran before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        roles = LoraRoles(field, pipe.transformer, t2i.lora, gradient_checkpointing=t2i.gradient_checkpointing,
+                          dist=dist_util.current())
     reward = DecodedReward(reward_fn, pipe.vae, prompts, chunk=t2i.decode_chunk, name=reward_name)
     grids: dict[int, torch.Tensor] = {}
 
     def times(steps: int) -> torch.Tensor:
         # the pipeline's own (shifted) schedule; computed once per number of steps (it resets the scheduler)
         if steps not in grids:
-            grids[steps] = time_grid(pipe.scheduler, steps, geo.image_seq_len)
+            grids[steps] = time_grid(pipe.scheduler, steps, geo.image_seq_len, flux_spacing=family.flux_spacing)
         return grids[steps]
 
     trainer = ORWCFMTrainer(roles.model, config, device, reward_fn=reward, event_shape=geo.latent_shape, cache=cache,

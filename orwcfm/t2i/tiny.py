@@ -43,15 +43,21 @@ def tiny_clip_tokenizer(folder: str | Path):
     return tokenizer
 
 
+def _clip_config():
+    """The tiny CLIP text encoders' config (one layer of width :data:`CLIP_WIDTH` over :func:`_vocabulary`)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=len(_vocabulary()) - 2, eos_token_id=len(_vocabulary()) - 1,
+                          pad_token_id=len(_vocabulary()) - 1, hidden_size=CLIP_WIDTH,
+                          intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=1,
+                          vocab_size=len(_vocabulary()), hidden_act="gelu", projection_dim=CLIP_WIDTH)
+
+
 def _clip_text_encoder(seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(bos_token_id=len(_vocabulary()) - 2, eos_token_id=len(_vocabulary()) - 1,
-                            pad_token_id=len(_vocabulary()) - 1, hidden_size=CLIP_WIDTH,
-                            intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=1,
-                            vocab_size=len(_vocabulary()), hidden_act="gelu", projection_dim=CLIP_WIDTH)
-    return CLIPTextModelWithProjection(config).eval()
+    return CLIPTextModelWithProjection(_clip_config()).eval()
 
 
 def tiny_sd3_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: int = 32) -> dict:
@@ -93,7 +99,8 @@ def _t5_pieces() -> list[tuple[str, float]]:
     """T5's special tokens at its usual ids (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2), the word-start mark and every
     ASCII letter, digit and punctuation mark as Unigram pieces: any prompt tokenises one piece per character."""
     chars = string.ascii_letters + string.digits + string.punctuation
-    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0), *((c, -3.0) for c in chars)]
+    word_start = "\u2581"  # SentencePiece's mark of a word's start, which T5's pre-tokenizer puts before each word
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (word_start, -2.0), *((c, -3.0) for c in chars)]
 
 
 def tiny_t5_tokenizer(folder: str | Path):
@@ -119,14 +126,10 @@ def _t5_text_encoder(seed: int):
 
 def _clip_text_encoder_pooled(seed: int):
     """A tiny ``CLIPTextModel``: Flux takes its pooled output (the end token's state), with no projection."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(bos_token_id=len(_vocabulary()) - 2, eos_token_id=len(_vocabulary()) - 1,
-                            pad_token_id=len(_vocabulary()) - 1, hidden_size=CLIP_WIDTH,
-                            intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=1,
-                            vocab_size=len(_vocabulary()), hidden_act="gelu", projection_dim=CLIP_WIDTH)
-    return CLIPTextModel(config).eval()
+    return CLIPTextModel(_clip_config()).eval()
 
 
 def tiny_flux_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: int = 32) -> dict:
@@ -149,7 +152,8 @@ def tiny_flux_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: 
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     tokenizer_dir = Path(tokenizer_dir)
     return {"transformer": transformer, "scheduler": scheduler, "vae": vae,
-            "text_encoder": _clip_text_encoder_pooled(seed + 2), "tokenizer": tiny_clip_tokenizer(tokenizer_dir / "clip"),
+            "text_encoder": _clip_text_encoder_pooled(seed + 2),
+            "tokenizer": tiny_clip_tokenizer(tokenizer_dir / "clip"),
             "text_encoder_2": _t5_text_encoder(seed + 3), "tokenizer_2": tiny_t5_tokenizer(tokenizer_dir / "t5"),
             "image_encoder": None, "feature_extractor": None}
 

@@ -1,0 +1,242 @@
+"""The text-to-image run from the command line (``orwcfm finetune --config sd3-tiny``) on a tiny random SD3
+pipeline: two epochs, their resume (bit for bit), the LoRA loading into plain diffusers and changing its output;
+held-out prompts, prompt dropout, the decoded reward's CLIP diversity; every bad input one line with nothing written."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("peft", reason="the t2i extra (pip install 'orwcfm[t2i]'); dev installs it, so CI runs this")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from orwcfm.cli import main  # noqa: E402
+from orwcfm.conditions import Labels  # noqa: E402
+from orwcfm.config import finetune_config  # noqa: E402
+from orwcfm.errors import UserError  # noqa: E402
+from orwcfm.finetune.buffer import Minibatch  # noqa: E402
+from orwcfm.prompt_files import PromptSet  # noqa: E402
+from orwcfm.t2i.load import load_pipeline  # noqa: E402
+from orwcfm.t2i.prompt_rewards import ClipScore  # noqa: E402
+from orwcfm.t2i.prompts import TextPrompts  # noqa: E402
+from orwcfm.t2i.rewards import DecodedReward, load_prompt_reward  # noqa: E402
+
+from .tinyclip import tiny_clip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_sd3_folder):
+    """An orwcfm cache whose builtin:tiny-sd3 is the session's tiny pipeline (written once)."""
+    folder = tmp_path_factory.mktemp("cache")
+    shutil.copytree(tiny_sd3_folder, folder / "t2i" / "tiny-sd3")
+    return folder
+
+
+def finetune(out, cache, *extra):
+    return main(["finetune", "--config", "sd3-tiny", "--out", str(out), "--cache", str(cache), "--no-progress", *extra])
+
+
+def adapters(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_epochs_resume_exactly_and_the_lora_loads_into_diffusers(tmp_path, cache, tiny_sd3_folder):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert finetune(straight, cache) == 0
+    assert finetune(split, cache, "--set", "epochs=1") == 0
+    assert finetune(split, cache, "--resume") == 0  # the preset's 2 epochs: continues from step 4
+    # the resumed run is the uninterrupted one, bit for bit: adapters, policy and every evaluation
+    for a, b in ((straight / "checkpoints" / "step_0000008", split / "checkpoints" / "step_0000008"),):
+        for name in ("model.safetensors", "policy.safetensors"):
+            sa, sb = load_file(str(a / name)), load_file(str(b / name))
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    history = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    evals = lambda rows: [r for r in rows if any(k.startswith("eval/") for k in r)]  # noqa: E731
+    assert [r.get("eval/reward_mean") for r in evals(history)] == [r.get("eval/reward_mean") for r in evals(resumed)]
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["steps"] == 8
+    # checkpoints hold the adapters, never the base weights
+    trained = adapters(straight / "checkpoints" / "step_0000008")
+    assert trained and all("lora_" in k for k in trained)
+    assert any(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)  # the adapter moved off B = 0
+    # the LoRA in diffusers' format: a fresh pipeline loads it and its output changes
+    lora = straight / "lora" / "pytorch_lora_weights.safetensors"
+    saved = load_file(str(lora))
+    assert len(saved) == len(trained) and all(k.startswith("transformer.") for k in saved)
+    pipe = load_pipeline(tiny_sd3_folder)
+    run = dict(prompt="a red apple", num_inference_steps=2, guidance_scale=1.0, height=32, width=32,
+               output_type="latent", latents=torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3)))
+    before = pipe(**run).images
+    pipe.load_lora_weights(straight / "lora")
+    assert not torch.allclose(before, pipe(**run).images, atol=1e-6)
+    # the evaluation sample grid is one captioned row per held-out prompt
+    assert (straight / "samples" / "epoch_002.png").is_file()
+
+
+def bad(tmp_path, capsys, cache, *sets, config="sd3-tiny"):
+    out = tmp_path / "out"
+    args = ["finetune", "--config", config, "--out", str(out), "--cache", str(cache), "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert not out.exists(), "nothing is written"
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    return err
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, cache, tiny_sd3_folder):
+    # a pipeline folder without a needed component
+    no_vae = tmp_path / "no-vae"
+    shutil.copytree(tiny_sd3_folder, no_vae)
+    shutil.rmtree(no_vae / "vae")
+    assert "lacks the component 'vae' that StableDiffusion3Pipeline needs" in bad(tmp_path, capsys, cache, f"model={no_vae}")
+    # an unsupported transformer class (the supported ones listed)
+    unet = tmp_path / "unet"
+    shutil.copytree(tiny_sd3_folder, unet)
+    index = json.loads((unet / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "UNet2DConditionModel"]
+    (unet / "model_index.json").write_text(json.dumps(index))
+    err = bad(tmp_path, capsys, cache, f"model={unet}")
+    assert "transformer class UNet2DConditionModel is not supported; supported: SD3Transformer2DModel, " \
+           "FluxTransformer2DModel" in err
+    # an empty prompt file
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert f"prompt file {empty} holds no prompt" in bad(tmp_path, capsys, cache, f"prompts={empty}")
+    # a reward that does not take prompts
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text("def brightness(images):\n    return images.mean((1, 2, 3))\n")
+    err = bad(tmp_path, capsys, cache, f"reward={reward_file}:brightness")
+    assert f"reward {reward_file}:brightness cannot be called as fn(images, prompts)" in err
+    # a resolution the VAE factor and the patch size do not divide (a copy whose transformer has patch 2)
+    patched = tmp_path / "patch2"
+    shutil.copytree(tiny_sd3_folder, patched)
+    config = json.loads((patched / "transformer" / "config.json").read_text())
+    (patched / "transformer" / "config.json").write_text(json.dumps({**config, "patch_size": 2}))
+    err = bad(tmp_path, capsys, cache, f"model={patched}", "t2i.resolution=33")
+    assert "resolution 33x33 must be a positive multiple of 2 (VAE factor 1 x patch size 2)" in err
+    # LoRA target modules that match nothing
+    err = bad(tmp_path, capsys, cache, "t2i.lora.target_modules=[to_q, to_nothing]")
+    assert "lora target_modules ['to_nothing'] match no linear layer of SD3Transformer2DModel" in err
+    # and the config-level ones
+    assert "unknown built-in pipeline builtin:tiny-sdx; built-in: builtin:tiny-sd3" in bad(
+        tmp_path, capsys, cache, "model=builtin:tiny-sdx")
+    assert "both name the model to start from" in bad(tmp_path, capsys, cache, "ref_path=builtin:digits")
+    assert "needs 'prompts'" in bad(tmp_path, capsys, cache, "prompts=null", "eval_prompts=null")
+    assert "unknown reward 'nonexistent-reward' for a text-to-image run; prompt rewards: clip-score, pickscore, " \
+           "aesthetic, clip; image rewards: " in bad(tmp_path, capsys, cache, "reward=nonexistent-reward")
+
+
+def test_held_out_prompts_are_never_trained_on_and_are_what_evaluations_see(tiny_sd3):
+    prompts = TextPrompts.encode(tiny_sd3, PromptSet(("a red apple", "a blue car", "a green tree")),
+                                 PromptSet(("a white cat", "a black dog")), samples_per_prompt=2)
+    assert prompts.train_prompts == ("a red apple", "a blue car", "a green tree")
+    assert prompts.eval_prompts == ("a white cat", "a black dog")
+    drawn = prompts.draw(400, torch.Generator().manual_seed(0))
+    assert set(drawn.ids.tolist()) == {0, 1, 2}  # every training prompt, no held-out one
+    assert torch.equal(drawn.ids[0::2], drawn.ids[1::2])  # k = 2 consecutive samples per drawn prompt
+    spread = prompts.spread(5)
+    assert spread.ids.tolist() == [3, 4, 3, 4, 3] and prompts.texts(spread)[:2] == ["a white cat", "a black dog"]
+    alone = TextPrompts.encode(tiny_sd3, PromptSet(("a red apple", "a blue car")))
+    assert alone.spread(3).ids.tolist() == [0, 1, 0] and alone.eval_prompts == alone.train_prompts
+    # the embeddings of a held-out prompt are the pipeline's own encoding of it
+    hidden, _, pooled, _ = tiny_sd3.encode_prompt(["a black dog"], None, None, do_classifier_free_guidance=False)
+    assert torch.allclose(spread.hidden[1], hidden[0]) and torch.allclose(spread.pooled[1], pooled[0])
+
+
+def test_prompt_dropout_replaces_the_condition_by_the_empty_prompt_for_the_loss_only(tiny_sd3):
+    prompts = TextPrompts.encode(tiny_sd3, PromptSet(("a red apple", "a blue car")))
+    cond = prompts.spread(6)
+    mask = torch.tensor([True, False, False, True, False, False])
+    dropped = cond.drop(mask)
+    assert torch.equal(dropped.hidden[0], cond.null_hidden) and torch.equal(dropped.pooled[3], cond.null_pooled)
+    assert torch.equal(dropped.hidden[~mask], cond.hidden[~mask]) and torch.equal(dropped.ids, cond.ids)
+    with pytest.raises(UserError, match=r"a prompt-dropout mask must be a bool tensor of shape \(6,\)"):
+        cond.drop(torch.ones(5, dtype=torch.bool))
+
+    # the loop's dropout: about p of the samples, drawn from the run's generator; none drawn at p = 0
+    from orwcfm.finetune.loop import FinetuneLoop
+
+    class Loop:
+        _drop_prompts = FinetuneLoop._drop_prompts
+
+        def __init__(self, p):
+            self.config, self.generator = finetune_config(prompt_dropout=p, prompts=["a", "b"]), torch.Generator()
+
+    labels = Labels(torch.arange(4000) % 10, 10)
+    batch = Minibatch(x=torch.zeros(4000, 2), rewards=torch.zeros(4000), cond=labels)
+    loop = Loop(0.25)
+    loop.generator.manual_seed(0)
+    out = loop._drop_prompts(batch)
+    assert abs(out.cond.dropped.float().mean().item() - 0.25) < 0.03
+    assert torch.equal(out.cond.values, labels.values) and out.rewards is batch.rewards
+    off = Loop(0.0)
+    state = off.generator.get_state()
+    assert off._drop_prompts(batch) is batch and torch.equal(off.generator.get_state(), state)
+    with pytest.raises(UserError, match=r"'prompt_dropout' \(0.1\) needs a conditional run: 'prompts' is null"):
+        finetune_config(prompt_dropout=0.1)
+
+
+def test_decoded_reward_sees_images_and_prompts_and_measures_clip_diversity_within_a_prompt(tiny_sd3, tmp_path):
+    prompts = TextPrompts.encode(tiny_sd3, PromptSet(("a red apple", "a blue car")))
+    seen = {}
+
+    def fn(images, texts):
+        seen["images"], seen["texts"] = images, texts
+        return images.mean((1, 2, 3))
+
+    reward = DecodedReward(fn, tiny_sd3.vae, prompts, chunk=3)
+    z = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    cond = prompts.spread(4)
+    r = reward(z, cond)
+    assert seen["texts"] == ["a red apple", "a blue car", "a red apple", "a blue car"]
+    assert seen["images"].shape == (4, 3, 32, 32) and 0 <= seen["images"].min() and seen["images"].max() <= 1
+    assert torch.allclose(r, seen["images"].mean((1, 2, 3)))
+    assert reward.metrics(z, cond) == {}  # no CLIP in this reward: no feature diversity
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    tiny_clip(clip_dir)
+    score = ClipScore(str(clip_dir))
+    scored = DecodedReward(score, tiny_sd3.vae, prompts)
+    f = score.image_features(reward.images(z))
+    by_hand = [1 - float(f[0] @ f[2]), 1 - float(f[1] @ f[3])]  # prompt 0: samples 0, 2; prompt 1: samples 1, 3
+    assert scored.metrics(z, cond)["clip_diversity_per_prompt"] == pytest.approx(sum(by_hand) / 2, abs=1e-6)
+
+
+def test_prompt_rewards_by_name(tmp_path):
+    with pytest.raises(UserError, match=r"reward 'pickscore' needs reward_options.model"):
+        load_prompt_reward("pickscore", {})
+    with pytest.raises(UserError, match=r"unknown option 'modle' for reward 'clip-score'; accepted options: model"):
+        load_prompt_reward("clip-score", {"modle": "x"})
+    fn, name = load_prompt_reward("jpeg-compressibility", {})
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    from orwcfm.rewards import jpeg_compressibility
+
+    assert name == "jpeg-compressibility" and torch.equal(fn(images, ["a", "b"]), jpeg_compressibility(images * 2 - 1))
+    user = tmp_path / "r.py"
+    user.write_text("def longer(images, prompts):\n    import torch\n    return torch.tensor([float(len(p)) for p in prompts])\n")
+    fn, name = load_prompt_reward(f"{user}:longer", {})
+    assert fn(images, ["ab", "abcd"]).tolist() == [2.0, 4.0]
+
+
+@pytest.mark.slow
+def test_a_flux_run_from_the_command_line_and_its_lora_loads_into_diffusers(tmp_path, tiny_flux_folder):
+    from diffusers import FluxPipeline
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_flux_folder, cache / "t2i" / "tiny-flux")
+    out = tmp_path / "flux"
+    assert finetune(out, cache, "--set", "model=builtin:tiny-flux", "--set", "epochs=1") == 0
+    pipe = FluxPipeline.from_pretrained(tiny_flux_folder, local_files_only=True)
+    run = dict(prompt="a red apple", num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
+               output_type="latent", latents=torch.randn(1, 256, 16, generator=torch.Generator().manual_seed(3)))
+    before = pipe(**run).images
+    pipe.load_lora_weights(out / "lora")
+    assert not torch.allclose(before, pipe(**run).images, atol=1e-6)
+    trained = adapters(out / "checkpoints" / "step_0000004")
+    assert len(load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))) == len(trained)
