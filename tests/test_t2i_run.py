@@ -240,3 +240,48 @@ def test_a_flux_run_from_the_command_line_and_its_lora_loads_into_diffusers(tmp_
     assert not torch.allclose(before, pipe(**run).images, atol=1e-6)
     trained = adapters(out / "checkpoints" / "step_0000004")
     assert len(load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))) == len(trained)
+
+
+@pytest.mark.slow
+def test_two_processes_average_the_adapters_gradients_and_draw_their_own_prompts(tmp_path, cache):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from . import t2i_dist_worker
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(t2i_dist_worker.__file__)), str(tmp_path), str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    # each rank sampled its own half of the buffer, under prompts of its own draw
+    assert r0["x"].shape == r1["x"].shape == (8, 4, 32, 32) and not torch.equal(r0["x"], r1["x"])
+    assert not torch.equal(r0["ids"], r1["ids"])
+    # DDP averaged the adapter's gradients: both ranks hold the same adapter after two steps, and it moved
+    assert r0["adapter"].keys() == r1["adapter"].keys()
+    assert all(torch.allclose(r0["adapter"][k], r1["adapter"][k], atol=1e-6) for k in r0["adapter"])
+    assert any(v.abs().max() > 0 for k, v in r0["adapter"].items() if "lora_B" in k)
+
+
+@pytest.mark.slow
+def test_the_t2i_benchmark_runs_and_its_numbers_add_up(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import t2i_step
+
+    out = tmp_path / "t2i.json"
+    assert t2i_step.main(["--quick", "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    a = numbers["anatomy"]
+    parts = a["sampling"] + a["decoding"] + a["reward"] + a["reference"] + a["model"]
+    assert a["passes"] == pytest.approx(parts) and a["overhead"] == pytest.approx(a["step"] / parts)
+    m = numbers["memory"]
+    for run in (m["plain"], m["ours"]):
+        assert run["peak_mib"] >= run["before_mib"] > 0
+    assert m["ratio"] == pytest.approx(m["ours"]["peak_mib"] / m["plain"]["peak_mib"])
+    assert m["ours"]["adapter_weights_mib"] > 0 and m["ours"]["base_weights_mib"] > m["ours"]["adapter_weights_mib"]

@@ -305,7 +305,7 @@ def evaluate_checkpoint(path: str | Path, *, reward: str | None = None, num_samp
     loaded = load_checkpoint(path)
     config = loaded.meta.get("config", {})
     kind = loaded.meta.get("kind", "?")
-    if config.get("model"):
+    if kind == "finetune" and isinstance(config.get("model"), str):  # (a pretraining config's model is its network)
         raise UserError(f"{loaded.path} is a LoRA checkpoint of the text-to-image pipeline {config['model']}: "
                         "orwcfm evaluate does not read those yet; its run's summary.json holds the held-out "
                         "evaluation, and run_dir/lora loads into the pipeline (pipe.load_lora_weights)")

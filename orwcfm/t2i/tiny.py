@@ -60,14 +60,20 @@ def _clip_text_encoder(seed: int):
     return CLIPTextModelWithProjection(_clip_config()).eval()
 
 
-def tiny_sd3_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: int = 32) -> dict:
-    """The components of a tiny random ``StableDiffusion3Pipeline`` (``text_encoder_3`` / ``tokenizer_3`` None)."""
+# diffusers' own SD3 test sizes; ``transformer=`` overrides any of them (e.g. a mid-size model for benchmarks)
+SD3_TEST_TRANSFORMER = dict(patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+                            caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=2 * CLIP_WIDTH,
+                            out_channels=4)
+
+
+def tiny_sd3_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: int = 32,
+                        transformer: dict | None = None) -> dict:
+    """The components of a tiny random ``StableDiffusion3Pipeline`` (``text_encoder_3`` / ``tokenizer_3`` None);
+    ``transformer``: sizes of the ``SD3Transformer2DModel`` that replace :data:`SD3_TEST_TRANSFORMER`'s."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(sample_size=sample_size, patch_size=1, in_channels=4, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                        joint_attention_dim=32, pooled_projection_dim=2 * CLIP_WIDTH, out_channels=4)
+    transformer = SD3Transformer2DModel(sample_size=sample_size, **{**SD3_TEST_TRANSFORMER, **(transformer or {})})
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(sample_size=sample_size, in_channels=3, out_channels=3, block_out_channels=(4,),
                         layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
@@ -79,12 +85,12 @@ def tiny_sd3_components(tokenizer_dir: str | Path, seed: int = 0, sample_size: i
             "text_encoder_3": None, "tokenizer_3": None}
 
 
-def write_tiny_sd3(folder: str | Path, seed: int = 0, sample_size: int = 32) -> Path:
+def write_tiny_sd3(folder: str | Path, seed: int = 0, sample_size: int = 32, transformer: dict | None = None) -> Path:
     """Build a tiny random SD3 pipeline and save it to ``folder`` (diffusers' ``save_pretrained`` layout)."""
     from diffusers import StableDiffusion3Pipeline
 
     folder = Path(folder)
-    pipe = StableDiffusion3Pipeline(**tiny_sd3_components(folder / "_tokenizer_files", seed, sample_size))
+    pipe = StableDiffusion3Pipeline(**tiny_sd3_components(folder / "_tokenizer_files", seed, sample_size, transformer))
     pipe.save_pretrained(folder)
     return folder
 
