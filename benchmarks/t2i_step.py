@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/t2i_step.py --quick            # smaller and shorter (the test runs this)
     .venv/bin/python benchmarks/t2i_step.py --size sd3.5-medium --resolution 512 --device cuda --base bf16 \\
         --batch 4 --steps 20                                   # the GPU run: SD3.5-medium's configuration, bf16
+    .venv/bin/python benchmarks/t2i_step.py --size sd3.5-medium --layers 2 --resolution 64 --base bf16 --batch 1 \
+        --steps 1                                              # that configuration's code path, tried on a CPU
 
 Random weights (speed and memory do not depend on them); text embeddings are random tensors of the model's
 shapes (every prompt is encoded once before training, so the text encoders are not part of a step). Sections, each
@@ -85,7 +87,7 @@ def make_run(args: argparse.Namespace, savedir: str) -> Any:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.base == "bf16" else torch.float32
     torch.manual_seed(0)
-    sizes = SIZES[args.size]
+    sizes = {**SIZES[args.size], **({"num_layers": args.layers} if args.layers else {})}
     transformer = SD3Transformer2DModel(**sizes).to(device)
     vae = vae_for(args.size).to(device).eval().requires_grad_(False)
     if dtype != torch.float32:
@@ -97,7 +99,8 @@ def make_run(args: argparse.Namespace, savedir: str) -> Any:
                         torch.randn(prompts, sizes["pooled_projection_dim"], generator=gen).to(device),
                         torch.zeros(TEXT_TOKENS, sizes["joint_attention_dim"], device=device),
                         torch.zeros(sizes["pooled_projection_dim"], device=device))
-    text = TextPrompts(table, samples_per_prompt=2)
+    per_prompt = 2 if args.batch % 2 == 0 else 1
+    text = TextPrompts(table, samples_per_prompt=per_prompt)
     space = LatentSpace.of(vae)
     shape = SD3.latent_shape(space, transformer.config, args.resolution, args.resolution)
     roles = LoraRoles(SD3Field(transformer), transformer, LoraSettings(rank=args.rank, alpha=args.rank),
@@ -106,7 +109,7 @@ def make_run(args: argparse.Namespace, savedir: str) -> Any:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     grid = time_grid(scheduler, args.steps)
     config = {"batch_size": args.batch, "buffer_size": None, "w2_coefficient": 0.1, "temperature": 1.0,
-              "samples_per_prompt": 2, "prompts": list(table.prompts), "learning_rate": 1e-4, "ema_decay": None,
+              "samples_per_prompt": per_prompt, "prompts": list(table.prompts), "learning_rate": 1e-4, "ema_decay": None,
               "sampling": {"solver": "euler", "steps": args.steps}, "savedir": savedir, "log_every": 10 ** 6,
               "device": args.device, "precision": "bf16" if args.base == "bf16" else "fp32"}
     trainer = ORWCFMTrainer(roles.model, config, device, reward_fn=reward, event_shape=shape, progress=False,
@@ -188,7 +191,7 @@ def section_anatomy(args: argparse.Namespace, savedir: str) -> tuple[str, dict]:
     ratio = ms["step"] / passes
     table = markdown(["model", "batch", "sampling (ms)", "decoding (ms)", "reward (ms)", "reference fwd (ms)",
                       "model fwd+bwd (ms)", "sum of passes (ms)", "measured step (ms)", f"overhead ratio (bar {OVERHEAD_BAR})"],
-                     [[f"{args.size} @ {args.resolution}px, {args.base}", b, ms["sampling"], ms["decoding"],
+                     [[f"{args.size}{f' ({args.layers} blocks)' if args.layers else ''} @ {args.resolution}px, {args.base}", b, ms["sampling"], ms["decoding"],
                        ms["reward"], ms["reference"], ms["model"], passes, ms["step"],
                        f"{ratio:.3f} ({'PASS' if ratio <= OVERHEAD_BAR else 'FAIL'})"]])
     table += (f"\n\nImages per second of the step (sampling included): {b / (ms['step'] / 1e3):.2f}; "
@@ -277,7 +280,7 @@ def section_memory(args: argparse.Namespace, savedir: str) -> tuple[str, dict]:
     for variant in ("plain-lora", "orw-cfm-w2"):
         cmd = [sys.executable, __file__, "--memory-child", variant, "--size", args.size, "--resolution",
                str(args.resolution), "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
-               "--base", args.base, "--rank", str(args.rank)] + (["--checkpointing"] if args.checkpointing else [])
+               "--base", args.base, "--rank", str(args.rank)] + (["--layers", str(args.layers)] if args.layers else []) + (["--checkpointing"] if args.checkpointing else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise SystemExit(f"memory run {variant} failed:\n{out.stderr[-3000:]}")
@@ -303,6 +306,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="anatomy,memory", help="comma-separated sections: anatomy, memory")
     p.add_argument("--size", default=None, choices=sorted(SIZES), help="transformer configuration (default mid; "
                                                                         "tiny with --quick)")
+    p.add_argument("--layers", type=int, default=None, help="override the number of transformer blocks (to try the "
+                                                            "real-size configuration's code path on a CPU)")
     p.add_argument("--resolution", type=int, default=32, help="image size in pixels (default 32)")
     p.add_argument("--batch", type=int, default=4, help="images per gradient step (default 4)")
     p.add_argument("--steps", type=int, default=4, help="Euler steps of the policy's sampler (default 4)")

@@ -285,3 +285,31 @@ def test_the_t2i_benchmark_runs_and_its_numbers_add_up(tmp_path):
         assert run["peak_mib"] >= run["before_mib"] > 0
     assert m["ratio"] == pytest.approx(m["ours"]["peak_mib"] / m["plain"]["peak_mib"])
     assert m["ours"]["adapter_weights_mib"] > 0 and m["ours"]["base_weights_mib"] > m["ours"]["adapter_weights_mib"]
+
+
+def test_the_runs_guided_sampler_is_the_pipelines_own_and_bf16_keeps_the_adapter_in_fp32(tmp_path, cache,
+                                                                                          tiny_sd3_folder):
+    from orwcfm.t2i.run import build
+
+    config = finetune_config(config_file="sd3-tiny", savedir=str(tmp_path), run_name="run",
+                             sampling={"solver": "euler", "steps": 3, "guidance": 4.0})
+    run = build(config, "cpu", cache=cache, progress=False)
+    assert run.pipe.text_encoder is None and run.pipe.text_encoder_2 is None  # freed after encoding
+    ids = torch.tensor([0, 1])  # "a red apple", "a blue car"
+    ours = run.trainer.sample(2, seed=5, cond=run.prompts.table.embeds(ids))
+    latents = torch.randn((2, 4, 32, 32), generator=torch.Generator().manual_seed(5))
+    pipe = load_pipeline(tiny_sd3_folder)
+    expected = pipe(["a red apple", "a blue car"], num_inference_steps=3, guidance_scale=4.0, latents=latents,
+                    output_type="latent", height=32, width=32).images
+    assert torch.allclose(ours, expected, atol=1e-4), (ours - expected).abs().max()  # B = 0: the base, guided
+    # a frozen base in bf16: the transformer's weights bf16, the adapters and Adam's state fp32, the step runs
+    bf16 = build(finetune_config(config_file="sd3-tiny", savedir=str(tmp_path), run_name="bf16",
+                                 t2i={"base_precision": "bf16", "lora": {"rank": 4, "alpha": 4.0}}),
+                 "cpu", cache=cache, progress=False)
+    params = dict(bf16.roles.transformer.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
+    bf16.trainer.run_steps(2)
+    states = [s for s in bf16.trainer.optimizer.state.values()]
+    assert states and all(s["exp_avg"].dtype == torch.float32 for s in states)
+    assert any(p.abs().max() > 0 for n, p in params.items() if "lora_B.default" in n)

@@ -94,6 +94,11 @@ class LoraRoles:
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             transformer.add_adapter(settings.peft_config(), adapter_name=POLICY)
+        # the adapters (and so Adam's state) in fp32 whatever the base's dtype: a bf16 base would give bf16 adapters,
+        # whose small updates bf16 rounds away (peft's layers cast their input to the adapter's dtype and back)
+        for name, p in transformer.named_parameters():
+            if "lora_" in name and p.dtype != torch.float32:
+                p.data = p.data.float()
         self._layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
         self._train_params = [p for n, p in transformer.named_parameters() if f".{TRAIN}." in n]
         self._policy_params = [p for n, p in transformer.named_parameters() if f".{POLICY}." in n]
