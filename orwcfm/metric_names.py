@@ -23,6 +23,7 @@ LABELS: dict[str, str] = {
     "alignment": "alignment: samples in the prompted class",
     "gold_alignment": "alignment, gold classifier (held out)",
     "diversity_per_condition": "diversity within a prompt (mean pairwise distance)",
+    "clip_diversity_per_prompt": "diversity within a prompt (CLIP image features, mean 1 − cos)",
     "digits_fd_data": "digits-FD to the data (all classes)",
     "digits_fd_target": "digits-FD to the target classes' data",
     "digits_fd_ref": "digits-FD to the reference",
@@ -37,8 +38,9 @@ LABELS: dict[str, str] = {
 SHORT: dict[str, str] = {"w2_coefficient": "alpha", "temperature": "tau"}
 
 # The evaluation metrics a run's before/after summary table shows when both evaluations measured them, in order.
-SUMMARY_EXTRA_KEYS = ("alignment", "gold_alignment", "diversity_per_condition", "gold_target_fraction", "vendi",
-                      "class_entropy", "w2_to_reference", "w2_to_reference_floor", "digits_fd_data", "digits_fd_target")
+SUMMARY_EXTRA_KEYS = ("alignment", "gold_alignment", "diversity_per_condition", "clip_diversity_per_prompt",
+                      "gold_target_fraction", "vendi", "class_entropy", "w2_to_reference", "w2_to_reference_floor",
+                      "w2_bound", "digits_fd_data", "digits_fd_target")
 
 
 def label(key: str) -> str:

@@ -218,6 +218,16 @@ def test_prompt_rewards_by_name(tmp_path):
     from orwcfm.rewards import jpeg_compressibility
 
     assert name == "jpeg-compressibility" and torch.equal(fn(images, ["a", "b"]), jpeg_compressibility(images * 2 - 1))
+    # the public README's CLIP prompt-pair margin, on decoded images: p(prompt 0 | x) - p(prompt 1 | x)
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    tiny_clip(clip_dir)
+    from orwcfm.rewards.clip import ClipReward
+
+    pair = ("An image of dog", "Not an image of dog")
+    fn, name = load_prompt_reward(None, {"model_path": str(clip_dir)}, text_prompts=pair)
+    margin = ClipReward(list(pair), model_path=str(clip_dir))(images * 2 - 1)
+    assert name == "clip" and torch.allclose(fn(images, ["a", "b"]), margin) and margin.abs().max() > 0
     user = tmp_path / "r.py"
     user.write_text("def longer(images, prompts):\n    import torch\n    return torch.tensor([float(len(p)) for p in prompts])\n")
     fn, name = load_prompt_reward(f"{user}:longer", {})
