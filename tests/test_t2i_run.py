@@ -323,3 +323,59 @@ def test_the_runs_guided_sampler_is_the_pipelines_own_and_bf16_keeps_the_adapter
     states = [s for s in bf16.trainer.optimizer.state.values()]
     assert states and all(s["exp_avg"].dtype == torch.float32 for s in states)
     assert any(p.abs().max() > 0 for n, p in params.items() if "lora_B.default" in n)
+
+
+def signal_command(out, cache, *extra):
+    """sd3-tiny with a fresh batch every step: each step samples, so that a signal lands mid-epoch."""
+    import sys
+
+    return [sys.executable, "-m", "orwcfm.cli", "finetune", "--config", "sd3-tiny", "--out", str(out), "--cache",
+            str(cache), "--no-progress", "--set", "buffer_size=null", "steps_per_epoch=8", "keep_checkpoints=5", *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache, tmp_path_factory):
+    import os
+    import subprocess
+
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    done = subprocess.run(signal_command(whole, cache), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_lora_run(tmp_path, cache, uninterrupted, sig):
+    """SIGKILL loses the epoch's steps since the last checkpoint; SIGTERM writes the exact step; either way the
+    resumed run ends with the uninterrupted run's adapters and LoRA, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from orwcfm.checkpoint import load_checkpoint
+
+    env, run = {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path / "run"
+    proc = subprocess.Popen(signal_command(run, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "step_0000008" / "meta.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.8)  # a few steps into epoch 2
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    if sig == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL and load_checkpoint(run).meta["step"] == 8
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert 8 < load_checkpoint(run).meta["step"] < 16 and "Traceback" not in err
+    resumed = subprocess.run(signal_command(run, cache, "--resume"), capture_output=True, text=True, timeout=300,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (adapters(r / "checkpoints" / "step_0000016") for r in (uninterrupted, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = (load_file(str(r / "lora" / "pytorch_lora_weights.safetensors")) for r in (uninterrupted, run))
+    assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
