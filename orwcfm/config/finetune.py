@@ -56,8 +56,9 @@ class FinetuneConfig:
     weighting: Literal["paper", "buffer-normalized", "batch-normalized"] = setting(
         "paper", help=ORW_HELP["weighting"])
     reward: str | None = setting(
-        None, help="Reward to maximise: a built-in name (e.g. digits-even, jpeg-compressibility), "
-                   "package.module:function or path/to/file.py:function; null = the CLIP reward of text_prompts.")
+        None, help="Reward to maximise: a built-in name (e.g. digits-even, jpeg-compressibility; for a text-to-image "
+                   "model also clip-score, pickscore, aesthetic), package.module:function or path/to/file.py:function "
+                   "(called fn(images, prompts) for a text-to-image model); null = the CLIP reward of text_prompts.")
     reward_options: dict[str, Any] = setting(
         factory=dict, help="Keyword arguments of the reward, e.g. {log_prob: true} or {baseline_kb: 5}; {} = its "
                            "defaults.")
