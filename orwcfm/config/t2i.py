@@ -58,6 +58,10 @@ class TextToImageConfig:
     guidance_embed: float | None = setting(
         None, help="Guidance-embedding value of guidance-distilled transformers (Flux.1-dev; null = 3.5, the "
                    "pipeline's default); must be null for transformers without one (SD3, Flux.1-schnell).")
+    adapter: Literal["lora", "full"] = setting(
+        "lora", help="What is trained: lora (peft adapters, one copy of the base; the run writes OUT/lora) or full "
+                     "(every weight of the transformer, as three copies: trained, policy, reference; for small "
+                     "transformers; the run writes OUT/transformer with save_pretrained).")
     text_encoders: Literal["free", "keep"] = setting(
         "free", help="After every prompt is encoded once: free the text encoders (their memory comes back) or keep "
                      "them loaded.")
@@ -66,5 +70,8 @@ class TextToImageConfig:
         if self.resolution is not None:
             _positive("t2i.resolution", self.resolution)
         _positive("t2i.decode_chunk", self.decode_chunk)
+        if self.adapter == "full" and self.base_precision != "fp32":
+            raise UserError("config key 't2i.adapter': full fine-tuning trains the base weights themselves, which "
+                            f"need t2i.base_precision fp32 (got {self.base_precision}); bf16 is for a frozen base")
         if self.guidance_embed is not None and not self.guidance_embed >= 0:
             raise UserError(f"config key 't2i.guidance_embed' must be >= 0 or null, got {self.guidance_embed}")

@@ -64,6 +64,10 @@ class ModelFamily:
 def _sd3_field(pipe: Any, guidance: float | None) -> nn.Module:
     from .sd3 import SD3Field
 
+    if guidance is not None:
+        raise UserError(f"t2i.guidance_embed {guidance} is for guidance-distilled transformers (Flux.1-dev); SD3 has "
+                        "no guidance input: use sampling.guidance (classifier-free guidance) and leave it null")
+
     return SD3Field(pipe.transformer)
 
 

@@ -90,15 +90,21 @@ class T2IRun:
     family: Any
     geometry: Geometry
     prompts: Any  # TextPrompts
-    roles: Any  # LoraRoles
+    roles: Any  # LoraRoles, or CopyRoles for full fine-tuning
     reward: Any  # DecodedReward
     trainer: Any  # ORWCFMTrainer
 
     def save_lora(self) -> Path:
-        """The trained adapter in diffusers' format at ``run_dir/lora/pytorch_lora_weights.safetensors``."""
+        """The trained adapter in diffusers' format at ``run_dir/lora/pytorch_lora_weights.safetensors``; for full
+        fine-tuning the run's transformer at ``run_dir/transformer`` (``save_pretrained``, what
+        ``from_pretrained(..., subfolder=...)`` or a pipeline's ``transformer=`` takes)."""
         import diffusers
 
-        return self.roles.save_lora(self.trainer.run_dir / "lora", getattr(diffusers, self.family.pipeline_class))
+        if hasattr(self.roles, "save_lora"):
+            return self.roles.save_lora(self.trainer.run_dir / "lora", getattr(diffusers, self.family.pipeline_class))
+        folder = self.trainer.run_dir / "transformer"
+        self.trainer.current_model().transformer.save_pretrained(folder)
+        return folder
 
 
 def build(config: FinetuneConfig, device: torch.device | str | None = None, *, cache: str | Path | None = None,
@@ -139,12 +145,18 @@ def build(config: FinetuneConfig, device: torch.device | str | None = None, *, c
         free_text_encoders(pipe)
     # -- roles, reward, the loop
     field = family.field(pipe, t2i.guidance_embed)
-    # peft draws the adapters' A from torch's global generator: seeded by the run, without touching the caller's
-    # stream, so that a run (and every rank of it) starts from the same adapters whatever ran before
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        roles = LoraRoles(field, pipe.transformer, t2i.lora, gradient_checkpointing=t2i.gradient_checkpointing,
-                          dist=dist_util.current())
+    if t2i.adapter == "lora":
+        # peft draws the adapters' A from torch's global generator: seeded by the run, without touching the caller's
+        # stream, so that a run (and every rank of it) starts from the same adapters whatever ran before
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            roles = LoraRoles(field, pipe.transformer, t2i.lora, gradient_checkpointing=t2i.gradient_checkpointing,
+                              dist=dist_util.current())
+        model = roles.model
+    else:  # full fine-tuning: the trainer's copy roles (trained, policy and reference copies of the field)
+        if t2i.gradient_checkpointing:
+            pipe.transformer.enable_gradient_checkpointing()
+        roles, model = None, field
     reward = DecodedReward(reward_fn, pipe.vae, prompts, chunk=t2i.decode_chunk, name=reward_name)
     grids: dict[int, torch.Tensor] = {}
 
@@ -154,10 +166,10 @@ def build(config: FinetuneConfig, device: torch.device | str | None = None, *, c
             grids[steps] = time_grid(pipe.scheduler, steps, geo.image_seq_len, flux_spacing=family.flux_spacing)
         return grids[steps]
 
-    trainer = ORWCFMTrainer(roles.model, config, device, reward_fn=reward, event_shape=geo.latent_shape, cache=cache,
+    trainer = ORWCFMTrainer(model, config, device, reward_fn=reward, event_shape=geo.latent_shape, cache=cache,
                             progress=progress, prompts=prompts, roles=roles, time_grid=times, decode=reward.images)
     trainer.reference_identity = {**trainer.reference_identity, "path": str(folder.path), "weights": "base"}
-    return T2IRun(pipe, family, geo, prompts, roles, reward, trainer)
+    return T2IRun(pipe, family, geo, prompts, trainer.roles, reward, trainer)
 
 
 def run_t2i(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
@@ -178,7 +190,8 @@ def run_t2i(config: FinetuneConfig, *, resume: bool = False, cache: str | Path |
             lora = run.save_lora()
             if not progress:
                 print(summary.table())
-            print(f"run folder: {trainer.run_dir}\nLoRA (diffusers format): {lora}")
+            what = "LoRA (diffusers format)" if config.t2i.adapter == "lora" else "transformer (save_pretrained)"
+            print(f"run folder: {trainer.run_dir}\n{what}: {lora}")
         finished = True
         return summary
     finally:
