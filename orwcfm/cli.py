@@ -5,6 +5,8 @@
     orwcfm sample   --ckpt DIR -n N --out FILE.png
     orwcfm evaluate --ckpt DIR [--reward NAME] [-n N] [--out FILE.json]
     orwcfm sweep    --config FILE --grid KEY=V1,V2 [--grid ...] --out DIR [--set key=value ...]
+    orwcfm compare  --config TASK --algorithms A,B --seeds N --budget EVALS --out DIR [--sweep A:KEY=V1,V2 ...]
+    orwcfm algorithms                     (the fine-tuning algorithms and their settings)
     orwcfm report   RUN_OR_SWEEP_DIR [--out FILE.html]
     orwcfm demo     [--out DIR]
 
@@ -144,6 +146,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import plan_compare, run_compare
+
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    seeds = list(range(args.seeds))
+    cells = plan_compare(args.config, algorithms, seeds, args.budget, args.out, args.sweep, args.overrides)
+    print(f"comparison of {len(algorithms)} algorithms x {len(seeds)} seeds ({len(cells)} runs, budget {args.budget} "
+          f"reward evaluations each) into {args.out}", flush=True)
+    plan = {"config": args.config, "budget": args.budget, "algorithms": algorithms, "seeds": seeds,
+            "sweeps": list(args.sweep), "overrides": list(args.overrides)}
+    result = run_compare(cells, args.out, plan=plan, cache=args.cache, progress=not args.no_progress)
+    print()
+    print((result.out / "compare.md").read_text())
+    print(f"tables: {result.out / 'compare.csv'}, {result.out / 'compare.md'}; plot: {result.out / 'tradeoff.png'}; "
+          f"report: {result.out / 'report.html'}")
+    return 0
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    from .algorithms import ALGORITHMS
+    from .algorithms.base import settings_help
+
+    for name, (cls, settings) in sorted(ALGORITHMS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        needs = " [needs a differentiable reward]" if cls.needs_reward_gradient else ""
+        print(f"{name}: {doc}{needs}")
+        where = "top-level keys" if name in ("orw-cfm-w2", "offline-rwr") else "algorithm_options"
+        for key, text in settings_help(settings).items():
+            print(f"    {key} ({where}): {text}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -217,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
     _add_common_run_flags_no_config(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="several fine-tuning algorithms on one task, same budget of reward "
+                                       "evaluations, several seeds; table, trade-off plot, report (resumable)")
+    p.add_argument("--config", required=True, metavar="TASK", help="YAML config or built-in task name (toy-2d, ...)")
+    p.add_argument("--algorithms", required=True, metavar="A,B,...", help="comma-separated (orwcfm algorithms lists them)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 of every algorithm (default 3)")
+    p.add_argument("--budget", type=int, required=True, metavar="EVALS", help="reward evaluations of every run")
+    p.add_argument("--sweep", metavar="ALG:KEY=V1,V2", action="append", default=[],
+                   help="values of one algorithm's regulariser, e.g. orw-cfm-w2:w2_coefficient=0.1,1 (repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="comparison folder (run again to resume)")
+    p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
+    _add_common_run_flags_no_config(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("algorithms", help="list the fine-tuning algorithms and their settings")
+    p.set_defaults(func=cmd_algorithms)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a run or sweep folder")
     p.add_argument("dir", metavar="RUN_OR_SWEEP_DIR")

@@ -35,7 +35,7 @@ PINNED = json.loads((Path(__file__).parent / "config_defaults.json").read_text()
 NEW_KEYS = {"event_shape": None, "refresh": "online", "algorithm": "orw-cfm-w2", "weight_groups": "batch", "prompts": None,
             "samples_per_prompt": 1, "judge": "auto"}
 # fine-tuning only (pretraining's 'model' is its network's section)
-NEW_FINETUNE_KEYS = {"model": None, "eval_prompts": None, "prompt_dropout": 0.0, "t2i": to_dict(TextToImageConfig())}
+NEW_FINETUNE_KEYS = {"algorithm_options": {}, "model": None, "eval_prompts": None, "prompt_dropout": 0.0, "t2i": to_dict(TextToImageConfig())}
 NEW_SAMPLING_KEYS = {"guidance": 1.0}  # in every sampler section
 
 

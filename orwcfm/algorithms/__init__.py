@@ -1,6 +1,8 @@
 """Reward fine-tuning algorithms behind one interface (:class:`Algorithm`), run by one loop (``finetune/loop.py``).
 
-``make_algorithm(config, ...)`` builds the one a fine-tuning config names (``algorithm``; today ``orw-cfm-w2``).
+``make_algorithm(config, ...)`` builds the one a fine-tuning config names (``algorithm``, default ``orw-cfm-w2``).
+Each family is a module of this package with its own settings dataclass (``from_config(config)`` reads them: ORW-CFM-W2
+from the top-level keys the public README uses, the others from ``algorithm_options``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,32 @@ from typing import Any
 from .. import distributed as dist_util
 from ..errors import UserError
 from ..paths import StraightPath
-from .base import Algorithm, LossOutput, NetworkRows
+from .base import Algorithm, Collected, LossContext, LossOutput, NetworkRows
 from .orw_cfm_w2 import ORWCFMW2, ORWConfig
 
-ALGORITHMS: dict[str, tuple[type, type]] = {ORWCFMW2.name: (ORWCFMW2, ORWConfig)}
+
+
+def _discover() -> dict[str, tuple[type, type]]:
+    """Every algorithm of this package: each module lists its own in ``ALGORITHMS = {name: (Algorithm class,
+    settings class)}``, so that adding a family is adding a file."""
+    import importlib
+    import pkgutil
+
+    found: dict[str, tuple[type, type]] = {ORWCFMW2.name: (ORWCFMW2, ORWConfig)}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in ("base", "orw_cfm_w2"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.update(getattr(module, "ALGORITHMS", {}))
+    return found
+
+
+ALGORITHMS: dict[str, tuple[type, type]] = _discover()
+
+
+def black_box_algorithms() -> list[str]:
+    """The algorithms that need only reward values (no reward gradient), sorted."""
+    return sorted(name for name, (cls, _) in ALGORITHMS.items() if not cls.needs_reward_gradient)
 
 
 def _lookup(config: Any) -> tuple[type, type]:
@@ -36,4 +60,4 @@ def make_algorithm(config: Any, *, path: StraightPath, coupling: Callable[..., A
     return cls(settings.from_config(config), path=path, coupling=coupling, dist=dist)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "LossOutput", "NetworkRows", "ORWCFMW2", "ORWConfig", "check_algorithm_config", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "black_box_algorithms", "Collected", "LossContext", "LossOutput", "NetworkRows", "ORWCFMW2", "ORWConfig", "check_algorithm_config", "make_algorithm"]

@@ -15,6 +15,7 @@ The stats are 0-dim tensors left on the device; the loop sums them between logs 
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ..conditions import Cond
+from ..errors import UserError
 from ..guidance import guided
 from ..sampling import generate
 
@@ -45,6 +47,38 @@ class LossOutput:
 
 
 @dataclass(frozen=True)
+class Collected:
+    """What an algorithm's :meth:`Algorithm.collect` drew for one refresh.
+
+    Attributes:
+        x: (N, *shape) the final samples (what the reward scores).
+        extras: name -> (N, ...) per-sample tensors kept beside them in the buffer and handed to :meth:`Algorithm.loss`
+            in ``batch.extras`` (e.g. Flow-GRPO's trajectory and its step log-probabilities); saved in checkpoints.
+    """
+
+    x: torch.Tensor
+    extras: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What some algorithms' losses need beyond the trained model and the reference.
+
+    Attributes:
+        policy: the frozen sampling policy's forward (the velocity that drew the buffer; DiffusionNFT's old policy),
+            given when :attr:`Algorithm.uses_policy` is True.
+        reward: the differentiable reward ``x (B, *shape) -> (B,)`` (DRaFT, ReFL, Adjoint Matching), given when
+            :attr:`Algorithm.needs_reward_gradient` is True.
+        cond_sampler: ``n -> conditions`` of n fresh samples drawn from the prompt set (None: unconditional), for
+            losses that sample their own batch.
+    """
+
+    policy: nn.Module | None = None
+    reward: Any = None
+    cond_sampler: Any = None
+
+
+@dataclass(frozen=True)
 class NetworkRows:
     """Rows per training step through the trained model (forward and backward) and the reference (forward)."""
 
@@ -58,16 +92,29 @@ class Algorithm(ABC):
     name: ClassVar[str]
     stat_keys: ClassVar[tuple[str, ...]]
 
+    # The loss reads the frozen policy (LossContext.policy); the reward must be differentiable and the loss calls it.
+    uses_policy: ClassVar[bool] = False
+    needs_reward_gradient: ClassVar[bool] = False
+    # False: the loss draws its own samples (DRaFT, ReFL, Adjoint Matching); the loop then neither collects nor
+    # scores a buffer, and the minibatch it hands over holds only fresh noise's shape (x zeros, rewards zeros)
+    collects: ClassVar[bool] = True
+
+    def reward_evaluations(self, batch_size: int) -> int:
+        """Reward evaluations the loss itself makes per step on a minibatch of ``batch_size`` (counted in the run's
+        budget beside the buffer's)."""
+        return 0
+
     @property
     def uses_reference(self) -> bool:
         """Whether :meth:`loss` reads the reference (if not, the loop never runs it)."""
         return True
 
     def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig,
-                times: torch.Tensor | None = None) -> torch.Tensor:
+                times: torch.Tensor | None = None) -> torch.Tensor | Collected:
         """Samples (N, *shape) of the frozen ``policy`` from noise ``x0`` (N, *shape) under conditions ``cond``, with
         the policy's sampler settings (``config.sampling``: solver, steps, chunk size, precision, guidance) on the
-        time grid ``times`` (steps + 1,) (default uniform; e.g. a text-to-image pipeline's shifted schedule)."""
+        time grid ``times`` (steps + 1,) (default uniform; e.g. a text-to-image pipeline's shifted schedule).
+        An algorithm that keeps more per sample (a trajectory) returns a :class:`Collected`."""
         return generate(guided(policy, sampler.guidance, cond), x0, solver=sampler.solver, steps=sampler.steps,
                         batch_size=sampler.batch_size, precision=sampler.precision, cond=cond, times=times)
 
@@ -81,10 +128,11 @@ class Algorithm(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, reference: nn.Module | None, batch: Any, x0: torch.Tensor, t: torch.Tensor,
-             generator: torch.Generator) -> LossOutput:
+             generator: torch.Generator, context: LossContext = LossContext()) -> LossOutput:
         """The objective of ``batch`` (a :class:`~orwcfm.finetune.buffer.Minibatch`) with fresh noise ``x0`` and
         times ``t`` (B,); ``model`` is the trained network's forward (DDP / compiled), ``reference`` the frozen
-        pretrained one (None when :attr:`uses_reference` is False)."""
+        pretrained one (None when :attr:`uses_reference` is False); ``context`` what :attr:`uses_policy` and
+        :attr:`needs_reward_gradient` ask for."""
 
     def log_row(self, row: Mapping[str, float]) -> dict[str, float]:
         """Numbers derived from the averaged stats, added to the log row."""
@@ -97,3 +145,19 @@ class Algorithm(ABC):
     def describe(self) -> dict[str, Any]:
         """The settings a summary reports (plain values)."""
         return {"algorithm": self.name}
+
+
+def settings_from_options(cls: type, config: Any, name: str) -> Any:
+    """An algorithm's settings dataclass ``cls`` built from ``config.algorithm_options`` (a mapping; missing keys take
+    their defaults); one line naming an unknown option and listing the known ones."""
+    options = dict(getattr(config, "algorithm_options", None) or {})
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r} in algorithm_options of {name}; its options: {', '.join(known)}")
+    return cls(**options)
+
+
+def settings_help(cls: type) -> dict[str, str]:
+    """name -> help sentence of every field of an algorithm's settings dataclass (``orwcfm algorithms``)."""
+    return {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(cls)}

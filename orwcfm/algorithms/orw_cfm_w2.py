@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..finetune.orw import orw_cfm_w2_loss, separate_w2_pass
 from ..finetune.weights import WEIGHTINGS, RefreshScale, grouped_log_z, loss_weights, refresh_scale
 from ..paths import StraightPath
-from .base import Algorithm, LossOutput, NetworkRows
+from .base import Algorithm, LossContext, LossOutput, NetworkRows
 
 WEIGHT_GROUPS = ("batch", "condition")
 
@@ -66,6 +66,9 @@ class ORWConfig:
     @classmethod
     def from_config(cls, config: Any) -> ORWConfig:
         """The fields of this dataclass read off a :class:`~orwcfm.config.FinetuneConfig` (missing ones: defaults)."""
+        if getattr(config, "algorithm_options", None):
+            raise UserError(f"algorithm_options {dict(config.algorithm_options)} given, but orw-cfm-w2 takes its "
+                            "settings as top-level keys (w2_coefficient, temperature, weighting, weight_groups)")
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
 
 
@@ -109,7 +112,7 @@ class ORWCFMW2(Algorithm):
             buffer.extras["log_z"] = grouped_log_z(buffer.rewards, buffer.cond.group_ids(), cfg.temperature, self.dist)
 
     def loss(self, model: nn.Module, reference: nn.Module | None, batch: Any, x0: torch.Tensor, t: torch.Tensor,
-             generator: torch.Generator) -> LossOutput:
+             generator: torch.Generator, context: LossContext = LossContext()) -> LossOutput:
         cfg = self.config
         if self._scale is None:
             raise RuntimeError("ORWCFMW2.loss before refresh(): the loop refreshes before the first minibatch")

@@ -133,6 +133,9 @@ class FinetuneConfig:
         None, help="Shape of one sample, e.g. [1, 8, 8] or [2], for models without shape attributes (a non-empty "
                    "list of positive integers); null = read it off the model or the reference checkpoint.")
 
+    algorithm_options: dict[str, Any] = setting(
+        factory=dict, help="Settings of the algorithm other than orw-cfm-w2 (whose settings are the top-level keys), "
+                           "e.g. {clip_range: 0.2} for flow-grpo; {} = its defaults; orwcfm algorithms lists them.")
     # Text-to-image (a diffusers pipeline instead of an orwcfm reference; needs the t2i extra).
     model: str | None = setting(
         None, help="A diffusers text-to-image pipeline to fine-tune with LoRA: a save_pretrained folder, a hub id "

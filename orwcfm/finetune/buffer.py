@@ -63,12 +63,18 @@ class SampleBuffer:
                          extras={k: v[idx] for k, v in self.extras.items()})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Samples, rewards, order and position (conditions are saved by the caller: their type is the task's)."""
-        return {"x": self.x.cpu(), "rewards": self.rewards.cpu(), "order": self.order, "pos": torch.tensor(self.pos)}
+        """Samples, rewards, order, position and the per-sample extras (conditions are saved by the caller: their
+        type is the task's)."""
+        state = {"x": self.x.cpu(), "rewards": self.rewards.cpu(), "order": self.order, "pos": torch.tensor(self.pos)}
+        if self.extras:
+            state["extras"] = {k: v.cpu() for k, v in self.extras.items()}
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device,
                         cond: Cond | None = None) -> SampleBuffer:
         # no random draw here: resuming must leave the generator exactly where it was saved
-        return cls(state["x"].to(device), state["rewards"].to(device), generator, state["order"], int(state["pos"]),
-                   cond=cond)
+        buffer = cls(state["x"].to(device), state["rewards"].to(device), generator, state["order"], int(state["pos"]),
+                     cond=cond)
+        buffer.extras.update({k: v.to(device) for k, v in state.get("extras", {}).items()})
+        return buffer

@@ -37,8 +37,8 @@ from ..metrics import (RewardStats, empirical_w2, mean_pairwise_distance, median
 from ..conditions import ClassPrompts, Cond, Labels, chunk_cond
 from ..errors import UserError
 from ..guidance import check_guidance, guided
-from ..rewards import call_reward
 from ..prompt_files import read_prompts
+from ..rewards import call_reward
 from ..rewards.base import takes_condition
 from .. import sampling
 from ..sampling import integrate

@@ -31,6 +31,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as dist_util
 from .. import runtime
 from ..algorithms import Algorithm
+from ..algorithms.base import Collected, LossContext
 from ..conditions import Cond, index_cond
 from ..config import FinetuneConfig, to_dict
 from ..errors import UserError
@@ -98,13 +99,18 @@ class FinetuneLoop(ABC):
         """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them."""
         x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
         cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
-        x1 = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
-                                    self._times(self.config.sampling.steps))
+        out = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
+                                     self._times(self.config.sampling.steps))
+        x1, extras = (out.x, out.extras) if isinstance(out, Collected) else (out, {})
         rewards, valid = self._score(x1, cond)
         if valid is not None:
-            x1, cond = x1[valid.to(x1.device)], index_cond(cond, torch.nonzero(valid).flatten())
+            keep = valid.to(x1.device)
+            x1, cond = x1[keep], index_cond(cond, torch.nonzero(valid).flatten())
+            extras = {k: v[keep] for k, v in extras.items()}
             rewards = rewards[valid.to(self.device)]
-        return SampleBuffer(x1, rewards, self.generator, cond=cond)
+        buffer = SampleBuffer(x1, rewards, self.generator, cond=cond)
+        buffer.extras.update(extras)
+        return buffer
 
     def _score(self, x1: torch.Tensor, cond: Cond | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rewards (N,) of the policy's samples, and the mask of valid ones when some were dropped (the only
@@ -130,6 +136,9 @@ class FinetuneLoop(ABC):
     def _next_batch(self) -> Minibatch:
         """Refresh the policy and its samples when due, then the next minibatch."""
         cfg = self.config
+        if not self.algorithm.collects:  # the loss samples for itself: only the batch's size and shape are given
+            b = self.local_batch
+            return Minibatch(x=torch.zeros((b, *self._shape()), device=self.device), rewards=torch.zeros(b, device=self.device))
         # train() sets steps_per_epoch; run_steps() alone falls back to the config's
         period = cfg.refresh_every or self.steps_per_epoch or cfg.steps_per_epoch
         # offline: one buffer from the reference (the policy before any refresh), drawn at step 0 and never again
@@ -141,6 +150,40 @@ class FinetuneLoop(ABC):
             self.buffer = self._collect(self.local_buffer or self.local_batch)
             self.algorithm.refresh(self.buffer)
         return self.buffer.next(min(self.local_batch, len(self.buffer)))
+
+    def _check_reward_gradient(self) -> None:
+        """One line, before any step, when the algorithm back-propagates through the reward and the reward has no
+        gradient (a black box such as JPEG size): probed once on two zero samples."""
+        if not self.algorithm.needs_reward_gradient or getattr(self, "_reward_checked", False):
+            return
+        from ..rewards.base import takes_condition
+
+        x = torch.zeros((2, *self._shape()), device=self.device, requires_grad=True)
+        cond = self.prompts.draw(2, torch.Generator().manual_seed(0), self.device) if self.prompts is not None else None
+        try:
+            with torch.enable_grad():
+                r = self.reward_fn(x, cond) if cond is not None and takes_condition(self.reward_fn) else self.reward_fn(x)
+            differentiable = isinstance(r, torch.Tensor) and r.requires_grad
+        except Exception:  # noqa: BLE001 - e.g. a reward that converts to numpy: not differentiable either
+            differentiable = False
+        if not differentiable:
+            from ..algorithms import black_box_algorithms
+
+            raise UserError(f"algorithm {self.algorithm.name} back-propagates through the reward, but reward "
+                            f"{self.reward_name} is not differentiable (its output carries no gradient); a black-box "
+                            f"reward needs one of: {', '.join(black_box_algorithms())}")
+        self._reward_checked = True
+
+    def _loss_context(self) -> LossContext:
+        """What the algorithm's loss asks for beyond the model and the reference: the frozen policy, the
+        (differentiable) reward, a sampler of fresh conditions."""
+        alg = self.algorithm
+        cond_sampler = None
+        if self.prompts is not None:
+            def cond_sampler(n: int) -> Cond:
+                return self.prompts.draw(n, self.generator, self.device)
+        return LossContext(policy=self.roles.policy_net() if alg.uses_policy else None,
+                           reward=self.reward_fn if alg.needs_reward_gradient else None, cond_sampler=cond_sampler)
 
     def _drop_prompts(self, batch: Minibatch) -> Minibatch:
         """Prompt dropout: each sample's condition replaced by the null one with probability ``prompt_dropout``,
@@ -169,7 +212,9 @@ class FinetuneLoop(ABC):
         log = logger is not None if log is None else log
         if self._running is None:  # kept across calls: a log interval may straddle an epoch's end
             self._running = {k: torch.zeros((), device=self.device) for k in self.algorithm.stat_keys}
+        self._check_reward_gradient()
         reference = self.roles.reference() if self.algorithm.uses_reference else None
+        context = self._loss_context()
         for _ in range(n):
             if runtime.stop_requested(stop, self.dist, self.device):
                 return
@@ -177,8 +222,9 @@ class FinetuneLoop(ABC):
             x0 = torch.randn(batch.x.shape, generator=self.generator).to(self.device)
             t = self.time_sampler(batch.x.shape[0], self.generator).to(self.device)
             with autocast(self.device, cfg.precision):
-                out = self.algorithm.loss(self.roles.train_net, reference, batch, x0, t, self.generator)
+                out = self.algorithm.loss(self.roles.train_net, reference, batch, x0, t, self.generator, context)
             grad_norm = self.optim.step(out.loss)
+            self.reward_evaluations += self.algorithm.reward_evaluations(batch.x.shape[0])
             self.step += 1
             if bar is not None:
                 bar.update(1)
@@ -223,6 +269,7 @@ class FinetuneLoop(ABC):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         cfg = self.config
         self._shape()
+        self._check_reward_gradient()  # before the run folder exists
         total = num_epochs * steps_per_epoch
         self.steps_per_epoch = steps_per_epoch
         main = self.dist.is_main  # with several processes only rank 0 evaluates and writes

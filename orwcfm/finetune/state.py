@@ -92,6 +92,8 @@ def _restore_rank_state(run: Any, state: dict[str, Any]) -> None:
         if conds[0] is not None:
             cond = type(conds[0]).cat(conds).index(rows).to(run.device)
         run.buffer = SampleBuffer(x[rows].to(run.device), rewards[rows].to(run.device), run.generator, cond=cond)
+        for key in buffers[0].get("extras", {}):  # an algorithm's per-sample extras, pooled and dealt out alike
+            run.buffer.extras[key] = torch.cat([b["extras"][key] for b in buffers])[rows].to(run.device)
     else:
         run.buffer = None  # re-sampled from the restored policy at the next step
     if run.buffer is not None:
