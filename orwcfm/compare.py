@@ -6,7 +6,7 @@
 Data flow::
 
     plan    every (algorithm, regulariser setting, seed): one validated FinetuneConfig whose gradient steps spend the
-            budget (budget_schedule); unknown algorithms, black-box rewards given to gradient methods, group sizes
+            budget (budget_schedule), with the settings the algorithm cannot do without (FIXED_SETTINGS); unknown algorithms, black-box rewards given to gradient methods, group sizes
             that do not divide the samples per refresh and budgets below one refresh are refused here, before any run
     run     interleaved, seed-major (seed 0 of every algorithm and setting, then seed 1, ...), so that a machine that
             slows down part-way slows every method alike; each cell is a sweep cell (finished: skipped, partial:
@@ -35,6 +35,13 @@ from .tables import markdown_table
 
 # The rewards that are black boxes (no gradient): a method that back-propagates through the reward refuses them.
 BLACK_BOX_REWARDS = ("jpeg-compressibility", "jpeg-incompressibility")
+# What an algorithm needs whatever the task says: offline RWR is one buffer from the reference, never refreshed, with
+# no W2 term; the methods with signed per-sample coefficients refuse an OT pairing (it would tilt the noise).
+FIXED_SETTINGS: dict[str, dict[str, Any]] = {
+    "offline-rwr": {"refresh": "offline", "refresh_every": None, "w2_coefficient": 0.0},
+    "adrpo": {"coupling": "independent"},
+    "diffusion-nft": {"coupling": "independent"},
+}
 # Columns of the aggregated table, when the runs measured them.
 COMPARE_METRICS = ("reward_mean", "target_fraction", "gold_target_fraction", "alignment", "diversity",
                    "diversity_per_condition", "vendi", "w2_to_reference", "w2_to_reference_floor", "digits_fd_data",
@@ -172,8 +179,7 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
             for setting in per_alg[name]:
                 label = f"{name},{setting.label},seed={seed}".replace("/", "_")
                 extra = _settings_for(setting)
-                # offline RWR: one buffer from the reference, never refreshed, no W2 term
-                fixed = {"refresh": "offline", "refresh_every": None, "w2_coefficient": 0.0} if name == "offline-rwr" else {}
+                fixed = FIXED_SETTINGS.get(name, {})
                 try:
                     base = finetune_config(config_file=config, overrides=overrides, algorithm=name, seed=seed,
                                            **fixed, **extra)

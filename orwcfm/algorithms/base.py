@@ -80,10 +80,12 @@ class LossContext:
 
 @dataclass(frozen=True)
 class NetworkRows:
-    """Rows per training step through the trained model (forward and backward) and the reference (forward)."""
+    """Rows per training step through the trained model (forward and backward), the reference (forward) and the
+    frozen policy (forward, for losses that read the old velocity)."""
 
     model: int
     reference: int
+    policy: int = 0
 
 
 class Algorithm(ABC):
