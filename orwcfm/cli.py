@@ -151,11 +151,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     seeds = list(range(args.seeds))
-    cells = plan_compare(args.config, algorithms, seeds, args.budget, args.out, args.sweep, args.overrides)
+    cells = plan_compare(args.config, algorithms, seeds, args.budget, args.out, args.sweep, args.overrides, args.option)
     print(f"comparison of {len(algorithms)} algorithms x {len(seeds)} seeds ({len(cells)} runs, budget {args.budget} "
           f"reward evaluations each) into {args.out}", flush=True)
     plan = {"config": args.config, "budget": args.budget, "algorithms": algorithms, "seeds": seeds,
-            "sweeps": list(args.sweep), "overrides": list(args.overrides)}
+            "sweeps": list(args.sweep), "options": list(args.option), "overrides": list(args.overrides)}
     result = run_compare(cells, args.out, plan=plan, cache=args.cache, progress=not args.no_progress)
     print()
     print((result.out / "compare.md").read_text())
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, required=True, metavar="EVALS", help="reward evaluations of every run")
     p.add_argument("--sweep", metavar="ALG:KEY=V1,V2", action="append", default=[],
                    help="values of one algorithm's regulariser, e.g. orw-cfm-w2:w2_coefficient=0.1,1 (repeatable)")
+    p.add_argument("--option", metavar="ALG:KEY=VALUE", action="append", default=[],
+                   help="a setting of one algorithm only, e.g. flow-grpo:clip_range=0.2 (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR", help="comparison folder (run again to resume)")
     p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
     _add_common_run_flags_no_config(p)

@@ -155,9 +155,29 @@ def _settings_for(setting: Setting) -> dict[str, Any]:
     return {"algorithm_options": {setting.key: setting.value}}
 
 
+def parse_options(items: Sequence[str], algorithms: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``ALG:KEY=VALUE`` items -> settings fixed for one algorithm only (top-level keys or its algorithm_options)."""
+    out: dict[str, dict[str, Any]] = {a: {} for a in algorithms}
+    for item in items:
+        head, sep, value = item.partition("=")
+        alg, colon, key = head.partition(":")
+        if not (sep and colon and alg and key and value):
+            raise UserError(f"--option {item!r}: expected ALGORITHM:KEY=VALUE (e.g. flow-grpo:clip_range=0.2)")
+        if alg not in out:
+            raise UserError(f"--option {item!r} names {alg}, which is not among --algorithms ({', '.join(algorithms)})")
+        settings = _settings_for(Setting(alg, key, numeric_string(value.strip())))
+        options = {**out[alg].get("algorithm_options", {}), **settings.pop("algorithm_options", {})}
+        out[alg].update(settings)
+        if options:
+            out[alg]["algorithm_options"] = options
+    return out
+
+
 def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[int], budget: int, out: str | Path,
-                 sweeps: Sequence[str] = (), overrides: Sequence[str] = ()) -> list[CompareCell]:
-    """Every run of the comparison, validated, in the order they run (seed-major, interleaved)."""
+                 sweeps: Sequence[str] = (), overrides: Sequence[str] = (),
+                 options: Sequence[str] = ()) -> list[CompareCell]:
+    """Every run of the comparison, validated, in the order they run (seed-major, interleaved). ``options``
+    (``ALG:KEY=VALUE``) fix a setting of one algorithm; ``sweeps`` (``ALG:KEY=V1,V2``) vary one."""
     from .algorithms import ALGORITHMS
 
     if not algorithms:
@@ -173,12 +193,18 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
         raise UserError("--set epochs: a comparison sets each run's epochs from --budget (the reward evaluations "
                         "every run spends); set the budget instead")
     per_alg = parse_sweeps(sweeps, algorithms)
+    fixed_options = parse_options(options, algorithms)
     cells: list[CompareCell] = []
     for seed in seeds:
         for name in algorithms:
             for setting in per_alg[name]:
                 label = f"{name},{setting.label},seed={seed}".replace("/", "_")
-                extra = _settings_for(setting)
+                extra = dict(fixed_options[name])
+                swept = _settings_for(setting)
+                extra["algorithm_options"] = {**extra.get("algorithm_options", {}), **swept.pop("algorithm_options", {})}
+                if not extra["algorithm_options"]:
+                    del extra["algorithm_options"]
+                extra.update(swept)
                 fixed = FIXED_SETTINGS.get(name, {})
                 try:
                     base = finetune_config(config_file=config, overrides=overrides, algorithm=name, seed=seed,

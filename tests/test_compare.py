@@ -41,6 +41,13 @@ def test_runs_interleave_seed_by_seed_and_every_cell_is_checked_before_any_run(t
     assert [c.cell.config.w2_coefficient for c in cells] == [0.1, 1.0, 0.1, 1.0]
     assert [c.cell.config.seed for c in cells] == [0, 0, 1, 1]
     assert not (tmp_path / "cmp").exists()  # planning writes nothing
+    # a setting of one algorithm only, beside another's sweep
+    cells = plan_compare("toy-2d", ["orw-cfm-w2", "adrpo"], [0], 4096, tmp_path / "cmp", overrides=QUICK,
+                         sweeps=["adrpo:beta0=0.5,2"], options=["adrpo:advantage_scale=none", "orw-cfm-w2:temperature=2"])
+    assert [(c.algorithm, c.cell.config.temperature, dict(c.cell.config.algorithm_options)) for c in cells] == [
+        ("orw-cfm-w2", 2.0, {}), ("adrpo", 1.0, {"advantage_scale": "none", "beta0": 0.5}),
+        ("adrpo", 1.0, {"advantage_scale": "none", "beta0": 2.0})]
+    assert all(c.cell.config.coupling == "independent" for c in cells if c.algorithm == "adrpo")
     bad = [
         (dict(algorithms=["orw-cfm-w3"]), r"unknown algorithm 'orw-cfm-w3'; known: .*orw-cfm-w2"),
         (dict(budget=10), r"budget 10 is smaller than one refresh of orw-cfm-w2 \(128 reward evaluations"),

@@ -245,7 +245,9 @@ class FinetuneLoop(ABC):
             self._noted = True
             logger.note(self.step, note)
         runtime.check_finite(row["loss"], self.step, "fine-tuning", self.config.learning_rate)
-        row.update(lr=self.optim.lr, grad_norm=float(grad_norm), reward_batch_mean=batch.rewards.mean().item(),
+        # a loss that samples for itself reports its batch's reward as a stat; the minibatch it was handed is zeros
+        reward_mean = row.get("reward", 0.0) if not self.algorithm.collects else batch.rewards.mean().item()
+        row.update(lr=self.optim.lr, grad_norm=float(grad_norm), reward_batch_mean=reward_mean,
                    dropped_samples=self.dropped_samples)
         if logger is not None:
             logger.log(self.step, row, prefix="train/")
