@@ -198,7 +198,8 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
     for seed in seeds:
         for name in algorithms:
             for setting in per_alg[name]:
-                label = f"{name},{setting.label},seed={seed}".replace("/", "_")
+                fixed_text = "".join(f",{o.split(':', 1)[1]}" for o in options if o.split(":", 1)[0] == name)
+                label = f"{name}{fixed_text},{setting.label},seed={seed}".replace("/", "_")
                 extra = dict(fixed_options[name])
                 swept = _settings_for(setting)
                 extra["algorithm_options"] = {**extra.get("algorithm_options", {}), **swept.pop("algorithm_options", {})}
@@ -219,7 +220,8 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
                                           **extra)
                 except UserError as err:
                     raise UserError(f"compare run {label}: {err}") from None
-                values = {"algorithm": name, "setting": setting.label, "seed": seed}
+                shown = f"{name} ({fixed_text[1:].replace(',', ', ')})" if fixed_text else name
+                values = {"algorithm": shown, "setting": setting.label, "seed": seed}
                 cells.append(CompareCell(name, setting, seed, SweepCell(label, values, cfg), schedule))
     return cells
 
