@@ -55,6 +55,9 @@ def test_runs_interleave_seed_by_seed_and_every_cell_is_checked_before_any_run(t
          r"samples_per_prompt 3 (must divide|does not divide)"),
         (dict(sweeps=["orw-cfm-w2=0.1"]), r"expected ALGORITHM:KEY=V1,V2"),
         (dict(overrides=[*QUICK, "epochs=3"]), r"--set epochs: a comparison sets each run's epochs from --budget"),
+        (dict(config="patches-jpeg", algorithms=["orw-cfm-w2", "draft"], overrides=[]),
+         r"compare run draft,default,seed=0: algorithm draft back-propagates through the reward, but reward "
+         r"jpeg-compressibility is a black box; use one of: adrpo, diffusion-nft, flow-grpo, offline-rwr, orw-cfm-w2"),
         (dict(sweeps=["adrpo:beta0=1"], algorithms=["orw-cfm-w2"]), r"names adrpo, which is not among --algorithms"),
     ]
     for change, message in bad:
