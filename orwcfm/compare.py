@@ -206,18 +206,18 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
                 if not extra["algorithm_options"]:
                     del extra["algorithm_options"]
                 extra.update(swept)
-                fixed = FIXED_SETTINGS.get(name, {})
+                # what the algorithm cannot do without wins over the same key in --option
+                settings = {**extra, **FIXED_SETTINGS.get(name, {})}
                 try:
                     base = finetune_config(config_file=config, overrides=overrides, algorithm=name, seed=seed,
-                                           **fixed, **extra)
+                                           **settings)
                     _check_cell(base)
                     schedule = budget_schedule(base, budget)
                     # the schedule last, so that it wins over the task's and the user's settings
                     spend = [f"epochs={schedule.epochs}", f"steps_per_epoch={schedule.steps_per_epoch}",
                              *(f"{k}={v}" for k, v in schedule.overrides.items())]
                     cfg = finetune_config(config_file=config, overrides=[*overrides, *spend], algorithm=name,
-                                          seed=seed, savedir=str(Path(out) / "cells"), run_name=label, **fixed,
-                                          **extra)
+                                          seed=seed, savedir=str(Path(out) / "cells"), run_name=label, **settings)
                 except UserError as err:
                     raise UserError(f"compare run {label}: {err}") from None
                 shown = f"{name} ({fixed_text[1:].replace(',', ', ')})" if fixed_text else name

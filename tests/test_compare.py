@@ -48,6 +48,10 @@ def test_runs_interleave_seed_by_seed_and_every_cell_is_checked_before_any_run(t
         ("orw-cfm-w2", 2.0, {}), ("adrpo", 1.0, {"advantage_scale": "none", "beta0": 0.5}),
         ("adrpo", 1.0, {"advantage_scale": "none", "beta0": 2.0})]
     assert all(c.cell.config.coupling == "independent" for c in cells if c.algorithm == "adrpo")
+    # a setting the algorithm cannot do without wins over the same key given as its option
+    (cell,) = plan_compare("toy-2d", ["adrpo"], [0], 4096, tmp_path / "cmp", overrides=QUICK,
+                           options=["adrpo:coupling=ot"])
+    assert cell.cell.config.coupling == "independent"
     bad = [
         (dict(algorithms=["orw-cfm-w3"]), r"unknown algorithm 'orw-cfm-w3'; known: .*orw-cfm-w2"),
         (dict(budget=10), r"budget 10 is smaller than one refresh of orw-cfm-w2 \(128 reward evaluations"),
