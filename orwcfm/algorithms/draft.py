@@ -224,15 +224,15 @@ def draft_sample(model: nn.Module, x0: torch.Tensor, steps: int, k: int, cond: C
     return DraftSample(x1=x, times=times, states=states, first_velocity=velocities[0])
 
 
-class DRaFT(Algorithm):
-    """DRaFT-K: the reward of the model's own samples, differentiated through the last K sampling steps."""
+class _DifferentiatedSampling(Algorithm):
+    """What DRaFT and ReFL share: the loss samples its own batch (no buffer), back-propagates through the
+    differentiable reward of it (one call on the B samples of a step), and reads the reference only for the
+    optional ``reference_penalty``."""
 
-    name = "draft"
-    stat_keys = ("loss", "reward", "penalty", "penalty_term")
     needs_reward_gradient = True
     collects = False
 
-    def __init__(self, config: DRaFTConfig, *, path: StraightPath = StraightPath(), coupling: Any = None,
+    def __init__(self, config: Any, *, path: StraightPath = StraightPath(), coupling: Any = None,
                  dist: dist_util.DistContext = dist_util.DistContext()) -> None:
         self.config, self.path, self.dist = config, path, dist
 
@@ -242,6 +242,13 @@ class DRaFT(Algorithm):
 
     def reward_evaluations(self, batch_size: int) -> int:
         return batch_size  # one reward call on the B samples of the step
+
+
+class DRaFT(_DifferentiatedSampling):
+    """DRaFT-K: the reward of the model's own samples, differentiated through the last K sampling steps."""
+
+    name = "draft"
+    stat_keys = ("loss", "reward", "penalty", "penalty_term")
 
     def network_rows(self, batch_size: int) -> NetworkRows:
         cfg = self.config
@@ -324,24 +331,11 @@ def one_step_prediction(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, sigma
     return a * x + (1.0 - a * tb) * v
 
 
-class ReFL(Algorithm):
+class ReFL(_DifferentiatedSampling):
     """ReFL: sample without a graph to a late time t_k, predict x1 in one graph-carrying step, maximise its reward."""
 
     name = "refl"
     stat_keys = ("loss", "reward", "stop_time", "penalty", "penalty_term")
-    needs_reward_gradient = True
-    collects = False
-
-    def __init__(self, config: ReFLConfig, *, path: StraightPath = StraightPath(), coupling: Any = None,
-                 dist: dist_util.DistContext = dist_util.DistContext()) -> None:
-        self.config, self.path, self.dist = config, path, dist
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.config.reference_penalty > 0
-
-    def reward_evaluations(self, batch_size: int) -> int:
-        return batch_size
 
     def network_rows(self, batch_size: int) -> NetworkRows:
         # k no-graph steps and the gradient step; k is random: the mean over the stop steps (rounded)
