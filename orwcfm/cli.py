@@ -5,7 +5,7 @@
     orwcfm sample   --ckpt DIR -n N --out FILE.png
     orwcfm evaluate --ckpt DIR [--reward NAME] [-n N] [--out FILE.json]
     orwcfm sweep    --config FILE --grid KEY=V1,V2 [--grid ...] --out DIR [--set key=value ...]
-    orwcfm compare  --config TASK --algorithms A,B --seeds N --budget EVALS --out DIR [--sweep A:KEY=V1,V2 ...]
+    orwcfm compare  --config TASK --algorithms A,B --seeds N --budget EVALS --out DIR [--sweep A:KEY=V1,V2 ...] [--target M=V] [--quick]
     orwcfm algorithms                     (the fine-tuning algorithms and their settings)
     orwcfm report   RUN_OR_SWEEP_DIR [--out FILE.html]
     orwcfm demo     [--out DIR]
@@ -147,16 +147,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import plan_compare, run_compare
+    from .compare import parse_target, plan_compare, run_compare
 
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     seeds = list(range(args.seeds))
-    cells = plan_compare(args.config, algorithms, seeds, args.budget, args.out, args.sweep, args.overrides, args.option)
+    target = parse_target(args.target) if args.target is not None else None
+    cells = plan_compare(args.config, algorithms, seeds, args.budget, args.out, args.sweep, args.overrides, args.option,
+                         quick=args.quick)
     print(f"comparison of {len(algorithms)} algorithms x {len(seeds)} seeds ({len(cells)} runs, budget {args.budget} "
           f"reward evaluations each) into {args.out}", flush=True)
     plan = {"config": args.config, "budget": args.budget, "algorithms": algorithms, "seeds": seeds,
-            "sweeps": list(args.sweep), "options": list(args.option), "overrides": list(args.overrides)}
-    result = run_compare(cells, args.out, plan=plan, cache=args.cache, progress=not args.no_progress)
+            "sweeps": list(args.sweep), "options": list(args.option), "overrides": list(args.overrides),
+            "quick": args.quick, "target": args.target}
+    result = run_compare(cells, args.out, plan=plan, cache=args.cache, progress=not args.no_progress, target=target)
     print()
     print((result.out / "compare.md").read_text())
     print(f"tables: {result.out / 'compare.csv'}, {result.out / 'compare.md'}; plot: {result.out / 'tradeoff.png'}; "
@@ -262,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="values of one algorithm's regulariser, e.g. orw-cfm-w2:w2_coefficient=0.1,1 (repeatable)")
     p.add_argument("--option", metavar="ALG:KEY=VALUE", action="append", default=[],
                    help="a setting of one algorithm only, e.g. flow-grpo:clip_range=0.2 (repeatable)")
+    p.add_argument("--target", metavar="METRIC=VALUE",
+                   help="a level to reach, e.g. target_fraction=0.9: the table adds the reward evaluations each run "
+                        "took to first reach it (at its per-epoch evaluations) and the diversity there")
+    p.add_argument("--quick", action="store_true",
+                   help="shrink every run to a smoke test (batch 64, buffer 128, 4 steps an epoch, 2-step solvers, "
+                        "64 evaluation samples); --set values win")
     p.add_argument("--out", required=True, metavar="DIR", help="comparison folder (run again to resume)")
     p.add_argument("--cache", metavar="DIR", help="cache of built-in assets (default $ORWCFM_CACHE or ~/.cache/orwcfm)")
     _add_common_run_flags_no_config(p)

@@ -43,9 +43,18 @@ FIXED_SETTINGS: dict[str, dict[str, Any]] = {
     "diffusion-nft": {"coupling": "independent"},
 }
 # Columns of the aggregated table, when the runs measured them.
-COMPARE_METRICS = ("reward_mean", "target_fraction", "gold_target_fraction", "alignment", "diversity",
+COMPARE_METRICS = ("reward_mean", "gold_reward_mean", "target_fraction", "gold_target_fraction", "alignment",
+                   "gold_alignment", "diversity",
                    "diversity_per_condition", "vendi", "w2_to_reference", "w2_to_reference_floor", "digits_fd_data",
-                   "digits_fd_target", "reward_evaluations", "wall_seconds")
+                   "digits_fd_target", "evals_to_target", "diversity_at_target", "reward_evaluations",
+                   "wall_seconds")
+# --quick: every run shrunk to a smoke test (CI): small batches and buffers, 4 steps an epoch, 2-step solvers, 64
+# evaluation samples. The budget still sets the epochs; the user's --set values win over these.
+QUICK_OVERRIDES = ("batch_size=64", "buffer_size=128", "steps_per_epoch=4", "eval_samples=64", "sampling.steps=2",
+                   "eval_sampling.steps=2", "log_every=2")
+# Metrics a --target may name: higher is better, so the target is reached at the first evaluation at or above it.
+TARGET_METRICS = ("reward_mean", "gold_reward_mean", "target_fraction", "gold_target_fraction", "alignment",
+                  "gold_alignment")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,12 @@ def _algorithm(config: FinetuneConfig) -> Any:
     return make_algorithm(config, path=StraightPath(config.sigma_min), coupling=get_coupling(config.coupling))
 
 
+def _epochs_for(steps: int, max_epochs: int) -> int:
+    """The most epochs (evaluations), up to ``max_epochs``, among those that spend the most of ``steps`` in whole
+    epochs: 32 steps in at most 12 epochs is 8 x 4, not 12 x 2 (24 steps: a quarter of the budget unspent)."""
+    return max(range(1, min(max_epochs, steps) + 1), key=lambda e: (e * (steps // e), e))
+
+
 def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
     """The gradient steps of ``config``'s algorithm that spend at most ``budget`` reward evaluations.
 
@@ -84,7 +99,7 @@ def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
         steps = budget // per_step
         if steps < 1:
             raise UserError(f"budget {budget} is smaller than one step of {name} ({per_step} reward evaluations)")
-        epochs = min(epochs, steps)
+        epochs = _epochs_for(steps, epochs)
         return Schedule(epochs, steps // epochs, (steps // epochs) * epochs * per_step, {})
     per_refresh = config.buffer_size or config.batch_size
     if budget < per_refresh:
@@ -92,7 +107,7 @@ def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
                         f"{'buffer_size' if config.buffer_size else 'batch_size'})")
     refreshes = budget // per_refresh
     if config.buffer_size is None:  # a fresh batch every step
-        epochs = min(epochs, refreshes)
+        epochs = _epochs_for(refreshes, epochs)
         spe = refreshes // epochs
         return Schedule(epochs, spe, epochs * spe * per_refresh, {})
     if config.refresh_every is None:  # one refresh per epoch
@@ -105,6 +120,66 @@ def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
     if config.refresh == "offline":  # the one buffer spends the budget; the steps are the online schedule's
         return Schedule(epochs, spe, budget, {"buffer_size": budget})
     return Schedule(epochs, spe, math.ceil(epochs * spe / period) * per_refresh, {})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A level of one metric (higher is better): a run reaches it at its first evaluation at or above ``value``."""
+
+    metric: str
+    value: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric} >= {self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """``METRIC=VALUE`` (e.g. ``target_fraction=0.9``) -> a Target."""
+    metric, sep, value = text.partition("=")
+    metric = metric.strip()
+    if not (sep and metric and value.strip()):
+        raise UserError(f"--target {text!r}: expected METRIC=VALUE (e.g. target_fraction=0.9)")
+    if metric not in TARGET_METRICS:
+        raise UserError(f"--target {text!r}: {metric} is not a metric a target can name; use one of: "
+                        f"{', '.join(TARGET_METRICS)} (higher is better)")
+    try:
+        level = float(value)
+    except ValueError:
+        raise UserError(f"--target {text!r}: {value.strip()!r} is not a number") from None
+    if not math.isfinite(level):
+        raise UserError(f"--target {text!r}: the level must be finite")
+    return Target(metric, level)
+
+
+def reached(curve: Sequence[dict[str, Any]], target: Target) -> tuple[int | None, float | None]:
+    """The reward evaluations spent by the first evaluation of ``curve`` (a run's summary ``curve``: epoch 0 is the
+    reference) at or above the target, and the diversity there; (None, None) when no evaluation reaches it."""
+    for row in curve:
+        if row.get(target.metric) is not None and row[target.metric] >= target.value:
+            if "reward_evaluations" not in row:
+                raise UserError(f"the run's curve has no reward_evaluations (written before they were recorded); "
+                                f"rerun it to measure {target.label}")
+            return int(row["reward_evaluations"]), row.get("diversity")
+    return None, None
+
+
+def fewest_to_target(agg: Sequence[dict[str, Any]], target: Target) -> str:
+    """One sentence per setting that reached the target in every seed, fewest reward evaluations first."""
+    every = sorted((a for a in agg if a.get("reached_seeds") == a["seeds"] and "evals_to_target" in a),
+                   key=lambda a: a["evals_to_target"])
+    lines = [f"Reward evaluations to reach {target.label} (the first evaluation at or above it; mean over seeds), "
+             f"fewest first, for the settings that reached it in every seed:", ""]
+    for a in every:
+        lines.append(f"- {a['algorithm']} ({a['setting']}): {a['evals_to_target']:.0f} ± "
+                     f"{a.get('evals_to_target_ci', 0):.2g}, diversity there {a.get('diversity_at_target', float('nan')):.4g}")
+    partial = [f"{a['algorithm']} ({a['setting']}) {a.get('reached_seeds', 0)}/{a['seeds']}"
+               for a in agg if a.get("reached_seeds", 0) < a["seeds"]]
+    if not every:
+        lines.append("- no setting reached it in every seed")
+    if partial:
+        lines += ["", "Reached in fewer seeds than were run: " + "; ".join(partial) + "."]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -175,9 +250,10 @@ def parse_options(items: Sequence[str], algorithms: Sequence[str]) -> dict[str, 
 
 def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[int], budget: int, out: str | Path,
                  sweeps: Sequence[str] = (), overrides: Sequence[str] = (),
-                 options: Sequence[str] = ()) -> list[CompareCell]:
+                 options: Sequence[str] = (), quick: bool = False) -> list[CompareCell]:
     """Every run of the comparison, validated, in the order they run (seed-major, interleaved). ``options``
-    (``ALG:KEY=VALUE``) fix a setting of one algorithm; ``sweeps`` (``ALG:KEY=V1,V2``) vary one."""
+    (``ALG:KEY=VALUE``) fix a setting of one algorithm; ``sweeps`` (``ALG:KEY=V1,V2``) vary one; ``quick`` shrinks
+    every run (QUICK_OVERRIDES, under ``overrides``)."""
     from .algorithms import ALGORITHMS
 
     if not algorithms:
@@ -192,6 +268,8 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
     if any(o.split("=", 1)[0].strip() == "epochs" for o in overrides):
         raise UserError("--set epochs: a comparison sets each run's epochs from --budget (the reward evaluations "
                         "every run spends); set the budget instead")
+    if quick:
+        overrides = [*QUICK_OVERRIDES, *overrides]
     per_alg = parse_sweeps(sweeps, algorithms)
     fixed_options = parse_options(options, algorithms)
     cells: list[CompareCell] = []
@@ -261,6 +339,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (alg, setting), members in groups.items():
         agg: dict[str, Any] = {"algorithm": alg, "setting": setting, "seeds": len(members)}
+        if any("reached_target" in m for m in members):
+            agg["reached_seeds"] = sum(bool(m.get("reached_target")) for m in members)
         for key in COMPARE_METRICS:
             values = [float(m[key]) for m in members if m.get(key) is not None]
             if values:
@@ -269,8 +349,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_outputs(rows: list[dict[str, Any]], reference: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    """compare.csv, compare.md and tradeoff.png from the finished runs' rows."""
+def write_outputs(rows: list[dict[str, Any]], reference: dict[str, Any], out: Path,
+                  target: Target | None = None) -> list[dict[str, Any]]:
+    """compare.csv, compare.md and tradeoff.png from the finished runs' rows (with the reward evaluations each
+    setting took to reach ``target``, when one is given)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(out / "compare.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -285,11 +367,18 @@ def write_outputs(rows: list[dict[str, Any]], reference: dict[str, Any], out: Pa
         scale = f"{a[k]:.4g}" if abs(a[k]) < 1e4 else f"{a[k]:.0f}"
         return scale if a["seeds"] < 2 else f"{scale} ± {a[k + '_ci']:.2g}"
 
-    body = [["reference", "", "", *(f"{reference[k]:.4g}" if k in reference else "" for k in shown)]]
-    body += [[a["algorithm"], a["setting"], str(a["seeds"]), *(cell(a, k) for k in shown)] for a in agg]
-    (out / "compare.md").write_text(markdown_table(["algorithm", "setting", "seeds", *shown], body)
-                                    + "\n\nMean ± half-width of the 95 % t-interval over seeds; the reference row is "
-                                      "the pretrained model (every run's epoch 0).\n")
+    reach = ["reached"] if target is not None else []
+    body = [["reference", "", "", *(["" for _ in reach]), *(f"{reference[k]:.4g}" if k in reference else "" for k in shown)]]
+    body += [[a["algorithm"], a["setting"], str(a["seeds"]),
+              *([f"{a.get('reached_seeds', 0)}/{a['seeds']}"] if target is not None else []),
+              *(cell(a, k) for k in shown)] for a in agg]
+    text = (markdown_table(["algorithm", "setting", "seeds", *reach, *shown], body)
+            + "\n\nMean ± half-width of the 95 % t-interval over seeds; the reference row is the pretrained model "
+              "(every run's epoch 0).")
+    if target is not None:
+        text += (f" evals_to_target and diversity_at_target: over the seeds that reached {target.label} (column "
+                 f"reached), measured at the run's evaluations (one per epoch).\n\n" + fewest_to_target(agg, target))
+    (out / "compare.md").write_text(text + "\n")
     save_tradeoff(agg, reference, out / "tradeoff.png")
     return agg
 
@@ -334,8 +423,9 @@ class CompareResult:
 
 
 def run_compare(cells: Sequence[CompareCell], out: str | Path, *, plan: dict[str, Any], cache: str | Path | None = None,
-                progress: bool = True) -> CompareResult:
-    """Run the cells in plan order (finished ones skipped, interrupted ones resumed) and write the outputs."""
+                progress: bool = True, target: Target | None = None) -> CompareResult:
+    """Run the cells in plan order (finished ones skipped, interrupted ones resumed) and write the outputs; with a
+    ``target``, each run's reward evaluations to reach it (from its learning curve)."""
     from .finetune.run import run_finetune
     from .report import write_report
 
@@ -364,11 +454,16 @@ def run_compare(cells: Sequence[CompareCell], out: str | Path, *, plan: dict[str
             run_finetune(c.cell.config, resume=status == "partial", cache=cache, progress=progress)
         summary = json.loads((c.cell.run_dir / "summary.json").read_text())
         row = cell_row(c.cell, summary)
-        for key in ("alignment", "diversity_per_condition"):
-            if key in summary.get("metrics_after", {}):
+        for key in COMPARE_METRICS:  # what the sweep table leaves out (alignment, gold metrics, ...)
+            if key not in row and key in summary.get("metrics_after", {}):
                 row[key] = summary["metrics_after"][key]
+        if target is not None:
+            evals, diversity = reached(summary.get("curve", []), target)
+            row["reached_target"] = evals is not None
+            row["evals_to_target"], row["diversity_at_target"] = evals, diversity
         rows.append(row)
-        reference = reference or reference_row(summary)
-        agg = write_outputs(rows, reference, out)
+        reference = reference or {**{k: v for k, v in summary.get("metrics_before", {}).items()
+                                     if k in COMPARE_METRICS}, **reference_row(summary)}
+        agg = write_outputs(rows, reference, out, target)
     write_report(out, out / "report.html")
     return CompareResult(rows, agg, reference, out)

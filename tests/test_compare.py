@@ -24,7 +24,11 @@ def test_the_budget_becomes_refreshes_and_steps():
                                         epochs=2), 2048)  # 4 refreshes every 5 steps: 20 steps over 2 epochs
     assert (s.epochs, s.steps_per_epoch, s.reward_evaluations) == (2, 10, 2048)
     s = budget_schedule(finetune_config(config_file="toy-2d", buffer_size=None, batch_size=128, epochs=3), 1000)
-    assert (s.epochs, s.steps_per_epoch, s.reward_evaluations) == (3, 2, 768)  # 7 fresh batches fit: 3 x 2 used
+    # 7 fresh batches fit: all 7 in one epoch (3 epochs x 2 would leave one unspent)
+    assert (s.epochs, s.steps_per_epoch, s.reward_evaluations) == (1, 7, 896)
+    # a method that samples inside its loss: 4096 / 128 = 32 steps in at most 12 epochs -> 8 x 4, the whole budget
+    s = budget_schedule(finetune_config(config_file="digits-even", algorithm="draft"), 4096)
+    assert (s.epochs, s.steps_per_epoch, s.reward_evaluations) == (8, 4, 4096)
     s = budget_schedule(finetune_config(config_file="toy-2d", refresh="offline", buffer_size=512, batch_size=128,
                                         steps_per_epoch=10), 2048)
     assert s.overrides == {"buffer_size": 2048} and s.reward_evaluations == 2048 and (s.epochs, s.steps_per_epoch) == (4, 10)

@@ -12,8 +12,16 @@ from ..metric_names import SUMMARY_EXTRA_KEYS, label
 SUMMARY_EXTRA_ROWS = tuple((key, label(key)) for key in SUMMARY_EXTRA_KEYS)
 
 def numbers(row: Mapping[str, Any]) -> dict[str, float]:
-    """The plain numbers of a history row (epoch and step left out)."""
-    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+    """The plain numbers of a history row (epoch, step and the reward evaluations spent left out)."""
+    return {k: float(v) for k, v in row.items()
+            if isinstance(v, (int, float)) and k not in ("epoch", "step", "reward_evaluations")}
+
+
+def curve(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Every evaluation's plain numbers with its epoch, step and the reward evaluations spent by then (the
+    learning curve; ``reward_evaluations`` is absent from rows written before it was recorded)."""
+    return [{k: row[k] for k in ("epoch", "step", "reward_evaluations") if k in row} | numbers(row)
+            for row in history]
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class FinetuneSummary:
     diversity_per_prompt_before: float | None = None
     diversity_per_prompt_after: float | None = None
     algorithm: str = "orw-cfm-w2"
+    curve: list[dict[str, float]] | None = None  # every evaluation: epoch, step, reward evaluations, its numbers
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -86,5 +95,5 @@ def summarise(history: list[dict[str, Any]], *, reward: str, config: Any, epochs
         evaluated_weights=evaluated_weights, algorithm=getattr(config, "algorithm", "orw-cfm-w2"),
         alignment_before=first.get("alignment"), alignment_after=last.get("alignment"),
         diversity_per_prompt_before=first.get("diversity_per_condition"),
-        diversity_per_prompt_after=last.get("diversity_per_condition"),
+        diversity_per_prompt_after=last.get("diversity_per_condition"), curve=curve(history),
     )

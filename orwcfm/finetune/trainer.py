@@ -317,7 +317,8 @@ class ORWCFMTrainer(FinetuneLoop):
     def evaluate_and_record(self, logger: RunLogger, epoch: int) -> None:
         """Evaluate, append the row to the history, log it, and draw the sample grid and the curves."""
         ev = self.evaluate()
-        row = {"epoch": epoch, "step": self.step, **ev.scalars(),
+        # the reward evaluations spent so far: how many it took to reach a level (orwcfm compare --target)
+        row = {"epoch": epoch, "step": self.step, "reward_evaluations": self.reward_evaluations, **ev.scalars(),
                **{k: v for k, v in ev.task.items() if isinstance(v, list)}}
         self.history.append(row)
         logger.log(self.step, ev.scalars(), prefix="eval/")

@@ -156,7 +156,8 @@ def _settings_table(run: RunData) -> Table | None:
         if value is not None:
             settings.append([label(key), format_setting(key, value)])
     if s is not None:  # anything else summary.json holds, so nothing in it is left out
-        shown = set(SETTING_KEYS) | {"metrics_before", "metrics_after", "class_histogram_after"}
+        # the learning curve is drawn (curves.png), not listed
+        shown = set(SETTING_KEYS) | {"metrics_before", "metrics_after", "class_histogram_after", "curve"}
         shown |= {f"{k}_{w}" for k in metric_keys(s) for w in ("before", "after")}
         settings += [[label(k), format_setting(k, v) if not isinstance(v, (list, dict)) else config_value(v)]
                      for k, v in s.items() if k not in shown]

@@ -46,8 +46,11 @@ class DigitsTargetReward:
 
     ``reward(x)``: x (B, 1, 8, 8) in [-1, 1] -> (B,) = sum over target classes of softmax(classifier(x));
     with ``log_prob=True`` the log of that sum, clamped below at ``log(PROB_FLOOR)`` = log(1e-6).
-    The classifier is copied, put in eval mode (no dropout) and run without gradients on x's device
-    (one copy per device, made on first use); the caller's classifier is left untouched.
+    The classifier is copied, frozen and put in eval mode (no dropout) on x's device (one copy per device, made on
+    first use); the caller's classifier is left untouched. The reward is differentiable in x (the classifier's
+    weights carry no gradient, and without an x that requires grad no graph is built), so the methods that
+    back-propagate through the reward (DRaFT, ReFL, Adjoint Matching) run on the digits tasks; below the clamp
+    (p < 1e-6, log_prob) its gradient is zero.
 
     >>> from orwcfm.models import DigitsClassifier
     >>> reward = DigitsTargetReward(DigitsClassifier(), "even")
@@ -81,14 +84,12 @@ class DigitsTargetReward:
             self._mask[device] = mask
         return self._by_device[device], self._mask[device]
 
-    @torch.no_grad()
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class log-probabilities (B, 10) of samples x (B, 1, 8, 8)."""
         net, _ = self._on(x.device)
         dtype = next(net.parameters()).dtype
         return net(x.to(dtype)).float().log_softmax(dim=-1)
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _, mask = self._on(x.device)
         target_log_prob = self.log_probs(x)[:, mask].logsumexp(dim=-1)  # log sum_{c in targets} p_c, stable
@@ -148,7 +149,8 @@ class DigitsAlignReward:
     The CPU-sized analogue of text-image alignment: the conditions are the prompts "a handwritten 0" .. "a
     handwritten 9" as class labels (:class:`~orwcfm.conditions.Labels`, prompt k = digit k), and
     ``reward(x, cond)``: x (B, 1, H, W), cond (B,) labels -> (B,) ``log p(cond_i | x_i)`` clamped below at
-    ``log(PROB_FLOOR)`` (``log_prob=False``: the probability itself).
+    ``log(PROB_FLOOR)`` (``log_prob=False``: the probability itself). Differentiable in x, as
+    :class:`DigitsTargetReward`.
 
     >>> from orwcfm.conditions import Labels
     >>> from orwcfm.models import DigitsClassifier
@@ -172,7 +174,6 @@ class DigitsAlignReward:
                             f"({x.shape[0]},)): fine-tune with prompts, got conditions {type(cond).__name__}")
         return values.to(x.device).long()
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, cond: Any = None) -> torch.Tensor:
         prompted = self._prompted(x, cond)
         chosen = self._scorer.log_probs(x).gather(1, prompted[:, None]).squeeze(1)
