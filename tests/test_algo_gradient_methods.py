@@ -554,9 +554,15 @@ class RowCounter(nn.Module):
         super().__init__()
         self.net = Tanh(seed)
         self.rows: list[int] = []
+        self.graph_rows: list[int] = []  # forwards that build a graph (to the weights, or to x for a VJP)
+        self.input_grad_rows: list[int] = []  # forwards whose input requires grad (the lean adjoint's VJP)
 
     def forward(self, t, x):
         self.rows.append(x.shape[0])
+        if torch.is_grad_enabled():
+            self.graph_rows.append(x.shape[0])
+            if x.requires_grad:
+                self.input_grad_rows.append(x.shape[0])
         return self.net(t, x)
 
 
@@ -576,7 +582,9 @@ def test_network_rows_are_the_rows_the_loss_sends_through_each_network(name, opt
               times(6, 0.5), torch.Generator().manual_seed(0), LossContext(reward=quadratic)).loss.backward()
     rows = algo.network_rows(6)
     assert (sum(model.rows), sum(reference.rows)) == (rows.model, rows.reference)
-    assert algo.reward_evaluations(6) == 6
+    assert sum(model.graph_rows) == rows.model_graph  # the rest ran without a graph
+    assert sum(reference.input_grad_rows) == rows.reference_vjp == sum(reference.graph_rows)
+    assert rows.reward_grad == 6 and algo.reward_evaluations(6) == 6
 
 
 def _trainer(name, options, reward_fn, **config):

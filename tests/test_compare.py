@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import t as student_t
 
 from orwcfm.cli import main
-from orwcfm.compare import aggregate, budget_schedule, interval, plan_compare
+from orwcfm.compare import (QUICK_OVERRIDES, Target, aggregate, budget_schedule, fewest_to_target, interval, parse_target,
+                            plan_compare, reached)
 from orwcfm.config import finetune_config
 from orwcfm.errors import UserError
 
@@ -106,3 +107,81 @@ def test_a_comparison_from_the_command_line(tmp_path, toy_reference):
     plan = json.loads((out / "sweep.json").read_text())
     assert [c["values"]["seed"] for c in plan["cells"]] == [0, 0, 1, 1]
     assert main(args) == 0  # run again: every run finished earlier, skipped
+
+
+def test_the_target_is_reached_at_the_first_evaluation_at_or_above_it():
+    curve = [{"epoch": 0, "reward_evaluations": 0, "reward_mean": -6.0, "diversity": 6.0},
+             {"epoch": 1, "reward_evaluations": 256, "reward_mean": -5.5, "diversity": 5.8},
+             {"epoch": 2, "reward_evaluations": 512, "reward_mean": -5.0, "diversity": 5.1},  # exactly the level
+             {"epoch": 3, "reward_evaluations": 768, "reward_mean": -5.2, "diversity": 4.9}]
+    assert reached(curve, Target("reward_mean", -5.0)) == (512, 5.1)
+    assert reached(curve, Target("reward_mean", -4.0)) == (None, None)
+    assert reached(curve, Target("reward_mean", -7.0)) == (0, 6.0)  # the reference already reaches it
+    with pytest.raises(UserError, match="no reward_evaluations"):
+        reached([{"epoch": 1, "reward_mean": 1.0}], Target("reward_mean", 0.0))
+    rows = [{"algorithm": "a", "setting": "x", "reached_target": True, "evals_to_target": 512, "diversity_at_target": 5.0},
+            {"algorithm": "a", "setting": "x", "reached_target": True, "evals_to_target": 1024, "diversity_at_target": 4.0},
+            {"algorithm": "b", "setting": "y", "reached_target": True, "evals_to_target": 256, "diversity_at_target": 3.0},
+            {"algorithm": "b", "setting": "y", "reached_target": False},
+            {"algorithm": "c", "setting": "z", "reached_target": True, "evals_to_target": 128, "diversity_at_target": 2.0},
+            {"algorithm": "c", "setting": "z", "reached_target": True, "evals_to_target": 128, "diversity_at_target": 2.0}]
+    agg = aggregate(rows)
+    assert [a["reached_seeds"] for a in agg] == [2, 1, 2]
+    assert agg[0]["evals_to_target"] == 768 and agg[1]["evals_to_target"] == 256  # over the seeds that reached it
+    text = fewest_to_target(agg, Target("reward_mean", -5.0))
+    assert text.index("- c (z): 128") < text.index("- a (x): 768")  # fewest first, only the settings every seed reached
+    assert "- b (y)" not in text and "fewer seeds than were run: b (y) 1/2" in text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("target_fraction", r"expected METRIC=VALUE"),
+    ("diversity=3", r"diversity is not a metric a target can name; use one of: reward_mean"),
+    ("target_fraction=high", r"'high' is not a number"),
+    ("target_fraction=nan", r"must be finite"),
+])
+def test_a_bad_target_is_one_line(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_target(text)
+    assert parse_target("target_fraction=0.9") == Target("target_fraction", 0.9)
+
+
+def test_quick_shrinks_every_run_and_the_users_settings_win(tmp_path):
+    (cell,) = plan_compare("digits-even", ["orw-cfm-w2"], [0], 1024, tmp_path / "q", quick=True,
+                           overrides=["eval_samples=32"])
+    cfg = cell.cell.config
+    assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_epoch, cfg.sampling.steps) == (64, 128, 4, 2)
+    assert cfg.eval_samples == 32 and cell.schedule.epochs == 8  # 1024 / 128 refreshes, one per epoch
+    assert "steps_per_epoch=4" in QUICK_OVERRIDES
+
+
+@pytest.mark.slow
+def test_every_algorithm_through_a_quick_comparison_with_a_target(tmp_path, toy_reference):
+    """All eight families through one ``compare --quick`` (the CI smoke run of the comparison), and the reward
+    evaluations to the target checked against the runs' own logs: the first evaluation in metrics.jsonl at or above
+    the level, its step turned into reward evaluations by the run's schedule."""
+    from orwcfm.algorithms import ALGORITHMS
+
+    names = sorted(ALGORITHMS)
+    out = tmp_path / "cmp"
+    level = -5.9  # the reference's reward is about -6.1: every family should pass it within the budget
+    assert main(["compare", "--config", "toy-2d", "--algorithms", ",".join(names), "--seeds", "1", "--budget", "512",
+                 "--quick", "--target", f"reward_mean={level}", "--out", str(out), "--no-progress",
+                 "--set", f"ref_path={toy_reference}"]) == 0
+    with open(out / "compare.csv") as f:
+        rows = {r["algorithm"].split(" ")[0]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == names
+    plan = {c["values"]["algorithm"].split(" ")[0]: c for c in json.loads((out / "sweep.json").read_text())["cells"]}
+    for name in names:
+        row, cell = rows[name], plan[name]
+        assert int(row["reward_evaluations"]) == 512  # the whole budget: 4 refreshes of 128, or 8 steps of 64
+        evals = [json.loads(line) for line in (out / cell["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        evals = [(r["step"], r["eval/reward_mean"]) for r in evals if "eval/reward_mean" in r]
+        spe = cell["steps_per_epoch"]
+        per_epoch = 512 // cell["epochs"]
+        spent = [0 if step == 0 else (512 if name == "offline-rwr" else step // spe * per_epoch) for step, _ in evals]
+        first = next((n for n, (_, r) in zip(spent, evals) if r >= level), None)
+        assert row["reached_target"] == str(first is not None)
+        assert (row["evals_to_target"] or None) == (str(first) if first is not None else None)
+    assert "Reward evaluations to reach reward_mean >= -5.9" in (out / "compare.md").read_text()
+    config = (out / plan["draft"]["run_dir"] / "config.yaml").read_text()
+    assert "eval_samples: 64" in config

@@ -321,7 +321,9 @@ class AdjointMatching(Algorithm):
     def network_rows(self, batch_size: int) -> NetworkRows:
         cfg = self.config
         # the trajectory (no graph) and the regression; the reference: one forward + VJP per step (reused in the loss)
-        return NetworkRows(model=(cfg.steps + cfg.times_per_trajectory) * batch_size, reference=cfg.steps * batch_size)
+        return NetworkRows(model=(cfg.steps + cfg.times_per_trajectory) * batch_size, reference=cfg.steps * batch_size,
+                           model_graph=cfg.times_per_trajectory * batch_size, reference_vjp=cfg.steps * batch_size,
+                           reward_grad=batch_size)
 
     def loss(self, model: nn.Module, reference: nn.Module | None, batch: Any, x0: torch.Tensor, t: torch.Tensor,
              generator: torch.Generator, context: LossContext = LossContext()) -> LossOutput:

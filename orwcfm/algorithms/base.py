@@ -81,11 +81,20 @@ class LossContext:
 @dataclass(frozen=True)
 class NetworkRows:
     """Rows per training step through the trained model (forward and backward), the reference (forward) and the
-    frozen policy (forward, for losses that read the old velocity)."""
+    frozen policy (forward, for losses that read the old velocity).
+
+    The methods that sample inside their loss split these further (the step anatomy times each kind of pass):
+    ``model_graph`` of the model's rows carry a graph (forward and backward; None: all of them, the rest are
+    forwards without one, e.g. DRaFT's first steps - K sampling steps); ``reference_vjp`` of the reference's rows
+    also take a vector-Jacobian product in x (the lean adjoint); ``reward_grad`` rows of the reward are
+    differentiated (forward and backward) inside the loss."""
 
     model: int
     reference: int
     policy: int = 0
+    model_graph: int | None = None
+    reference_vjp: int = 0
+    reward_grad: int = 0
 
 
 class Algorithm(ABC):

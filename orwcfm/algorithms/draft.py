@@ -256,7 +256,8 @@ class DRaFT(_DifferentiatedSampling):
         # later K - 1 differentiated states detached
         extra = (cfg.k - 1) * batch_size if self.uses_reference else 0
         return NetworkRows(model=cfg.steps * batch_size + extra,
-                           reference=cfg.k * batch_size if self.uses_reference else 0)
+                           reference=cfg.k * batch_size if self.uses_reference else 0,
+                           model_graph=cfg.k * batch_size + extra, reward_grad=batch_size)
 
     def loss(self, model: nn.Module, reference: nn.Module | None, batch: Any, x0: torch.Tensor, t: torch.Tensor,
              generator: torch.Generator, context: LossContext = LossContext()) -> LossOutput:
@@ -341,7 +342,8 @@ class ReFL(_DifferentiatedSampling):
         # k no-graph steps and the gradient step; k is random: the mean over the stop steps (rounded)
         ks = self.config.stop_steps()
         return NetworkRows(model=round((sum(ks) / len(ks) + 1) * batch_size),
-                           reference=batch_size if self.uses_reference else 0)
+                           reference=batch_size if self.uses_reference else 0, model_graph=batch_size,
+                           reward_grad=batch_size)
 
     def draw_stop_step(self, generator: torch.Generator) -> int:
         """The grid index k where sampling stops, uniform over :meth:`ReFLConfig.stop_steps` (CPU ``generator``)."""
