@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import longwork
 from .conditions import Cond, check_cond, chunk_cond
 from .errors import UserError, unknown_name_error
 from .models.base import call_field
@@ -123,6 +124,7 @@ def integrate(
 
             grid = times if return_trajectory else times[[0, -1]]
             states = odeint(f, x0, grid, method="dopri5", atol=atol, rtol=rtol)
+            longwork.tick(batch)
             trajectory = states if return_trajectory else None
             return ODEResult(samples=states[-1], trajectory=trajectory, times=grid, nfe=nfe)
 
@@ -130,6 +132,7 @@ def integrate(
         states = [x0] if return_trajectory else []
         for i in range(steps):
             x = _step(solver, f, times[i], x, times[i + 1] - times[i])
+            longwork.tick(batch / steps)  # a progress bar's count, and a requested stop honoured here
             if return_trajectory:
                 states.append(x)
     trajectory = torch.stack(states) if return_trajectory else None

@@ -74,6 +74,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_util
+from .. import longwork
 from ..conditions import Cond, chunk_cond, index_cond
 from ..errors import UserError
 from ..guidance import guided
@@ -406,6 +407,7 @@ class FlowGRPO(Algorithm):
             log_probs.append(torch.where(stochastic, gaussian_log_prob(x_next, mean, safe), torch.zeros_like(std)))
             x = x_next.to(x0.dtype)
             states.append(x)
+            longwork.tick(n / steps)  # the run's sampling progress bar; a requested stop honoured here
         return torch.stack(states, 1), torch.stack(log_probs, 1)
 
     def collect(self, policy: nn.Module, x0: torch.Tensor, cond: Cond | None, sampler: SamplingConfig,

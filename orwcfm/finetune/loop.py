@@ -35,7 +35,8 @@ from ..algorithms.base import Collected, LossContext
 from ..conditions import Cond, index_cond
 from ..config import FinetuneConfig, to_dict
 from ..errors import UserError
-from ..interrupt import StopRequest
+from .. import longwork
+from ..interrupt import StopNow, StopRequest
 from ..paths import make_time_sampler
 from ..rewards import call_reward
 from ..runlog import RunLogger
@@ -96,11 +97,22 @@ class FinetuneLoop(ABC):
     # refresh, collect, score, minibatch
 
     def _collect(self, n: int) -> SampleBuffer:
-        """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them."""
-        x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
-        cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
-        out = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
-                                     self._times(self.config.sampling.steps))
+        """Draw ``n`` samples from the frozen policy (under conditions from the prompt set) and score them.
+
+        A stop requested while the policy samples (:class:`StopNow`, single-process runs) drops the samples and
+        puts the run's random streams back as they were before them, so that the checkpoint written next resumes
+        into the very same draw."""
+        streams = (self.generator.get_state(), torch.get_rng_state())
+        try:
+            x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
+            cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
+            with longwork.progress(f"policy samples (step {self.step})", n, enabled=self.progress and self.dist.is_main):
+                out = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
+                                             self._times(self.config.sampling.steps))
+        except StopNow:
+            self.generator.set_state(streams[0])
+            torch.set_rng_state(streams[1])
+            raise
         x1, extras = (out.x, out.extras) if isinstance(out, Collected) else (out, {})
         rewards, valid = self._score(x1, cond)
         if valid is not None:
@@ -272,7 +284,6 @@ class FinetuneLoop(ABC):
         cfg = self.config
         self._shape()
         self._check_reward_gradient()  # before the run folder exists
-        total = num_epochs * steps_per_epoch
         self.steps_per_epoch = steps_per_epoch
         main = self.dist.is_main  # with several processes only rank 0 evaluates and writes
         if main:
@@ -280,23 +291,43 @@ class FinetuneLoop(ABC):
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         logging = (RunLogger(self.run_dir, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
                              run_name=cfg.run_name, config=to_dict(cfg)) if main else nullcontext(None))
-        with logging as logger, StopRequest() as stop:
-            if not self.history and main:
-                self.evaluate_and_record(logger, epoch=0)
-            with tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main), unit="step",
-                      desc=f"finetune {self.reward_name}") as bar:
-                while self.step < total:
-                    # up to the end of the epoch: evaluation and checkpoints happen only between epochs
-                    self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
-                                   logger=logger, bar=bar, total=total, log=True, stop=stop)
-                    if runtime.stop_requested(stop, self.dist, self.device):  # the exact state, then out
-                        runtime.interrupt(stop, self.step, self._save_during_run, self.dist)
-                    if self.step % steps_per_epoch == 0:
-                        if main:
-                            self.evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
-                        self._save_during_run()  # collective: every rank
-                        dist_util.barrier(self.dist)
+        # a single process honours a stop inside long work too (sampling, evaluation); several wait for the step's
+        # end, where every rank agrees to stop at the same step
+        with logging as logger, StopRequest(prompt=not self.dist.enabled) as stop:
+            try:
+                self._train_epochs(num_epochs, steps_per_epoch, logger, stop)
+            except StopNow:  # inside sampling or an evaluation: that work is dropped, the last whole step is saved
+                runtime.interrupt(stop, self.step, self._save_during_run, self.dist)
         self.history = dist_util.broadcast_object(self.history, self.dist)  # every rank returns the same summary
+
+    def _train_epochs(self, num_epochs: int, steps_per_epoch: int, logger: RunLogger | None, stop: StopRequest) -> None:
+        """The epochs of :meth:`train`: the evaluation before training (or the one a stop dropped), then steps up to
+        each epoch's end, its evaluation and its checkpoint."""
+        main = self.dist.is_main
+        total = num_epochs * steps_per_epoch
+        epoch = self.step // steps_per_epoch
+        if not self.history:
+            if main:
+                self.evaluate_and_record(logger, epoch=0)
+        elif self.step % steps_per_epoch == 0 and self.history[-1]["epoch"] < epoch:
+            # stopped during this epoch's evaluation, which was dropped: it is made now, then the epoch's checkpoint
+            if main:
+                self.evaluate_and_record(logger, epoch=epoch)
+            self._save_during_run()  # collective: every rank
+            dist_util.barrier(self.dist)
+        with tqdm(total=total, initial=min(self.step, total), disable=not (self.progress and main), unit="step",
+                  desc=f"finetune {self.reward_name}") as bar:
+            while self.step < total:
+                # up to the end of the epoch: evaluation and checkpoints happen only between epochs
+                self.run_steps(min(steps_per_epoch - self.step % steps_per_epoch, total - self.step),
+                               logger=logger, bar=bar, total=total, log=True, stop=stop)
+                if runtime.stop_requested(stop, self.dist, self.device):  # the exact state, then out
+                    runtime.interrupt(stop, self.step, self._save_during_run, self.dist)
+                if self.step % steps_per_epoch == 0:
+                    if main:
+                        self.evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
+                    self._save_during_run()  # collective: every rank
+                    dist_util.barrier(self.dist)
 
     def _save_during_run(self) -> Path:
         """The periodic checkpoint (every rank); a failed write stops the run with one line naming what is kept."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_util
-from .. import runtime
+from .. import longwork, runtime
 from ..algorithms import make_algorithm
 from ..conditions import ClassPrompts, index_cond
 from ..config import FinetuneConfig, finetune_config
@@ -280,7 +280,16 @@ class ORWCFMTrainer(FinetuneLoop):
         return self._reference_cache
 
     def evaluate(self) -> Evaluation:
-        """Metrics of the current model on the fixed evaluation noise, with distances to the reference."""
+        """Metrics of the current model on the fixed evaluation noise, with distances to the reference.
+
+        A progress bar (once it has taken 2 s) counts the samples integrated: the reference's two sets on the
+        first evaluation of the process (they are kept for the rest of the run), then the model's."""
+        n = self.config.eval_samples
+        total = n if self._reference_cache is not None else 3 * n
+        with longwork.progress(f"evaluation (step {self.step})", total, enabled=self.progress and self.dist.is_main):
+            return self._evaluate()
+
+    def _evaluate(self) -> Evaluation:
         if self._judge is False:  # chosen by the configuration (and the reward's and reference's data set)
             dataset = judge_dataset(self.config.judge, self.reward_fn, self.reference_data)
             self._judge = make_judge(dataset, self.reward_fn, self.cache)
