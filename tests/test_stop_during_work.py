@@ -153,3 +153,31 @@ def test_sigterm_in_a_long_evaluation_of_the_cli_exits_within_seconds(toy_refere
     assert took < 10, f"took {took:.1f} s to stop"
     assert "SIGTERM at step 0: checkpoint written to" in err and "Traceback" not in err
     assert [c.name for c in list_checkpoints(run)] == ["step_0000000"]
+
+
+# ----------------------------------------------------------------------------------------------- eval_every
+
+
+def test_eval_every_evaluates_every_n_epochs_and_always_at_both_ends(toy_reference, tmp_path):
+    run = tmp_path / "run"
+    trainer = make_trainer(toy_reference, run, eval_every=2)
+    trainer.train(5, 2)
+    assert [row["epoch"] for row in trainer.history] == [0, 2, 4, 5]  # before, every 2nd epoch, and the last
+    assert [c.name for c in list_checkpoints(run)] == [f"step_{s:07d}" for s in (2, 4, 6, 8, 10)]  # every epoch
+    summary = trainer.summary(5, wall_seconds=0.0)
+    assert [row["epoch"] for row in summary.curve] == [0, 2, 4, 5]
+
+
+@pytest.mark.parametrize("value, epochs, message", [
+    (0, 5, r"config key 'eval_every' must be > 0, got 0"),
+    (-1, 5, r"config key 'eval_every' must be > 0, got -1"),
+    (6, 5, r"config key 'eval_every' \(6 epochs\) is larger than the run \(5 epochs\): at most 5"),
+])
+def test_an_eval_interval_that_cannot_work_is_one_line_and_writes_nothing(toy_reference, tmp_path, value, epochs,
+                                                                          message):
+    from orwcfm.errors import UserError
+
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        make_trainer(toy_reference, run, eval_every=value).train(epochs, 2)
+    assert not run.exists()

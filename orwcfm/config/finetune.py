@@ -99,7 +99,10 @@ class FinetuneConfig:
     seed: int = setting(0, help="Seed of the policy noise, minibatch order, x0 and t draws and of the fixed "
                                 "evaluation noise (each process offsets the training streams).")
     eval_samples: int = setting(500, help="Samples drawn from fixed noise at each evaluation (>= 2: diversity needs "
-                                          "pairs), before training and after every epoch.")
+                                          "pairs), before training and every eval_every epochs.")
+    eval_every: int = setting(1, help="Evaluate every this many epochs (>= 1, at most the run's epochs); the "
+                                      "evaluation before training and after the last epoch are always made. "
+                                      "Checkpoints are still written after every epoch.")
     log_every: int = setting(10, help=SHARED_HELP["log_every"])
     keep_checkpoints: int = setting(2, help=SHARED_HELP["keep_checkpoints"])
     device: str = setting("cpu", help=SHARED_HELP["device"])
@@ -153,7 +156,8 @@ class FinetuneConfig:
                                         "precision, gradient checkpointing, decoding.")
 
     def __post_init__(self) -> None:
-        for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "log_every", "keep_checkpoints"):
+        for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "eval_every", "log_every",
+                     "keep_checkpoints"):
             _positive(name, getattr(self, name))
         for name in ("warmup_steps", "w2_coefficient", "temperature"):
             _non_negative(name, getattr(self, name))

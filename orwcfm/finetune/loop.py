@@ -282,6 +282,9 @@ class FinetuneLoop(ABC):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         cfg = self.config
+        if cfg.eval_every > num_epochs:
+            raise UserError(f"config key 'eval_every' ({cfg.eval_every} epochs) is larger than the run ({num_epochs} "
+                            f"epochs): at most {num_epochs} (the evaluations before and after the run are always made)")
         self._shape()
         self._check_reward_gradient()  # before the run folder exists
         self.steps_per_epoch = steps_per_epoch
@@ -306,10 +309,14 @@ class FinetuneLoop(ABC):
         main = self.dist.is_main
         total = num_epochs * steps_per_epoch
         epoch = self.step // steps_per_epoch
+
+        def due(e: int) -> bool:  # the epochs that end with an evaluation
+            return e % self.config.eval_every == 0 or e == num_epochs
+
         if not self.history:
             if main:
                 self.evaluate_and_record(logger, epoch=0)
-        elif self.step % steps_per_epoch == 0 and self.history[-1]["epoch"] < epoch:
+        elif self.step % steps_per_epoch == 0 and due(epoch) and self.history[-1]["epoch"] < epoch:
             # stopped during this epoch's evaluation, which was dropped: it is made now, then the epoch's checkpoint
             if main:
                 self.evaluate_and_record(logger, epoch=epoch)
@@ -324,7 +331,7 @@ class FinetuneLoop(ABC):
                 if runtime.stop_requested(stop, self.dist, self.device):  # the exact state, then out
                     runtime.interrupt(stop, self.step, self._save_during_run, self.dist)
                 if self.step % steps_per_epoch == 0:
-                    if main:
+                    if main and due(self.step // steps_per_epoch):
                         self.evaluate_and_record(logger, epoch=self.step // steps_per_epoch)
                     self._save_during_run()  # collective: every rank
                     dist_util.barrier(self.dist)
