@@ -47,9 +47,14 @@ class FinetuneConfig:
                                              "metrics, sample grids, summary.")
     ref_path: str | None = setting(
         None, help="The pretrained reference the run starts from and is held to: a checkpoint or run folder, "
-                   "builtin:NAME (pretrained and cached on first use), or a torchcfm .pt file (library only); "
-                   "null = none, which the command line refuses.")
+                   "builtin:NAME (pretrained and cached on first use), or a torchcfm .pt file (net_model / "
+                   "ema_model; on the command line with ref_model); null = none, which the command line refuses.")
     # --- ours ---
+    ref_model: dict[str, Any] | None = setting(
+        None, help="The network a torchcfm .pt reference is loaded into on the command line (a .pt file holds "
+                   "weights only): {kind, event_shape, options}, e.g. kind adm-unet (torchcfm's UNetModelWrapper), "
+                   "event_shape [3, 32, 32] (see the cifar10-clip preset); null for orwcfm checkpoint folders, "
+                   "which carry their architecture.")
     ref_weights: Literal["ema", "raw"] = setting(
         "ema", help="Which weights of the reference are loaded: ema or raw (torchcfm files: ema_model / net_model).")
     # See orwcfm/finetune/weights.py for what alpha is measured against under each weighting.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .. import distributed as dist_util
 from ..checkpoint import load_checkpoint
@@ -11,8 +12,10 @@ from ..errors import UserError
 from .trainer import FinetuneSummary, ORWCFMTrainer, resolve_reward
 
 
-def resolve_reference(ref_path: str | None, cache: str | Path | None = None, progress: bool = True) -> Path:
-    """The reference checkpoint folder of ``ref_path`` (``builtin:NAME`` is pretrained and cached on first use)."""
+def resolve_reference(ref_path: str | None, cache: str | Path | None = None, progress: bool = True,
+                      ref_model: dict | None = None) -> Path:
+    """The reference checkpoint folder of ``ref_path`` (``builtin:NAME`` is pretrained and cached on first use), or
+    a torchcfm ``.pt`` file when ``ref_model`` says which network to load it into."""
     if ref_path is None:
         raise UserError("fine-tuning needs a reference: --ref DIR (a checkpoint or run folder, or builtin:digits) or "
                         "ref_path in the config; or, for a text-to-image config (sd3-clip, flux-clip), a pipeline: "
@@ -23,9 +26,28 @@ def resolve_reference(ref_path: str | None, cache: str | Path | None = None, pro
         return builtin_reference(ref_path[len("builtin:"):], cache, progress=progress)
     path = Path(ref_path)
     if path.is_file():
-        raise UserError(f"{path} is a single file: the command line rebuilds the network from an orwcfm checkpoint folder; "
-                        "for torchcfm .pt files use the library (ORWCFMTrainer(your_model, config).load_pretrained(path))")
+        if ref_model is None:
+            raise UserError(f"{path} is a single file (weights only, e.g. torchcfm's net_model / ema_model): say which "
+                            "network to load it into with ref_model {kind, event_shape, options} (the cifar10-clip "
+                            "preset has torchcfm's CIFAR-10 UNet), or use an orwcfm checkpoint folder")
+        return path
     return load_checkpoint(path).path
+
+
+def reference_model(reference: Path, config: FinetuneConfig, device) -> Any:
+    """The network the reference's weights go into: rebuilt from an orwcfm checkpoint's sidecar, or, for a
+    weights-only ``.pt`` file, built from ``config.ref_model``."""
+    if reference.is_file():
+        from ..models import ModelSpec, build_model
+
+        if not isinstance(config.ref_model, dict):
+            raise UserError(f"config key 'ref_model' must be a mapping {{kind, event_shape, options}}, got "
+                            f"{config.ref_model!r}")
+        return build_model(ModelSpec.from_dict(dict(config.ref_model))).to(device)
+    if config.ref_model is not None:
+        raise UserError(f"config key 'ref_model' is for weights-only .pt references; {reference} is an orwcfm "
+                        "checkpoint, which carries its own architecture: remove ref_model")
+    return load_checkpoint(reference).build_model(config.ref_weights, device=device)
 
 
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | Path | None = None,
@@ -48,9 +70,9 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, cache: str | P
             if (turn == "main") == ctx.is_main:
                 # The reward first: a misspelt reward must fail in a second, not after pretraining a reference.
                 reward_fn, _ = resolve_reward(config, cache=cache)
-                reference = resolve_reference(config.ref_path, cache, progress and ctx.is_main)
+                reference = resolve_reference(config.ref_path, cache, progress and ctx.is_main, config.ref_model)
             dist_util.barrier(ctx)
-        model = load_checkpoint(reference).build_model(config.ref_weights, device=device)
+        model = reference_model(reference, config, device)
         trainer = ORWCFMTrainer(model, config, device, reward_fn=reward_fn, cache=cache, progress=progress)
         trainer.load_pretrained(reference)
         if resume:
