@@ -159,7 +159,7 @@ def test_spec_json_round_trip_rebuilds_the_same_model(spec):
 
 
 def test_default_spec_chooses_by_shape():
-    assert available_models() == ["mlp", "unet"]
+    assert available_models() == ["adm-unet", "mlp", "unet"]
     assert default_spec("auto", (2,)).kind == "mlp"
     digits = default_spec("auto", (1, 8, 8))
     assert digits.kind == "unet" and digits.options["channel_mult"] == [1, 2]
@@ -174,7 +174,7 @@ def test_default_spec_chooses_by_shape():
 @pytest.mark.parametrize(
     "spec, pattern",
     [
-        (ModelSpec("unte", (1, 8, 8)), r"unknown model 'unte' \(did you mean 'unet'\?\); available: mlp, unet"),
+        (ModelSpec("unte", (1, 8, 8)), r"unknown model 'unte' \(did you mean 'unet'\?\); available: adm-unet, mlp, unet"),
         (ModelSpec("mlp", (2,), {"hiden": 8}), r"unknown option 'hiden' for model 'mlp' \(did you mean 'hidden'\?\); accepted: hidden"),
         (ModelSpec("unet", (2,)), r"model 'unet' needs a square image event shape \(C, H, H\), got \(2,\)"),
         (ModelSpec("mlp", (1, 8, 8)), r"model 'mlp' needs a 1-D event shape"),

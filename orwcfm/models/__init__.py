@@ -1,10 +1,12 @@
-"""Neural networks: the velocity-field convention and adapters, an MLP, a compact UNet, two image classifiers
-(a CNN and an MLP), and a registry that rebuilds a model from a JSON spec.
+"""Neural networks: the velocity-field convention and adapters, an MLP, a compact UNet, torchcfm's ADM UNet
+(:class:`ADMUNet`, loads torchcfm checkpoints), two image classifiers (a CNN and an MLP), and a registry that
+rebuilds a model from a JSON spec.
 
 A velocity field is any ``nn.Module`` called as ``model(t, x)`` with ``t`` (B,) in [0, 1] and ``x``
 (B, *event_shape), returning a tensor shaped like ``x`` (torchcfm's convention); see :mod:`.base`.
 """
 
+from orwcfm.models.adm import ADMUNet
 from orwcfm.models.base import VelocityField, XTAdapter, broadcast_time, num_parameters, time_embedding
 from orwcfm.models.classifier import (
     CLASSIFIER_KINDS,
@@ -20,6 +22,7 @@ from orwcfm.models.registry import ModelSpec, available_models, build_model, def
 from orwcfm.models.unet import UNet
 
 __all__ = [
+    "ADMUNet",
     "CLASSIFIER_KINDS",
     "MLP",
     "MLPClassifier",

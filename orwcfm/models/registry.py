@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from orwcfm.errors import UserError, did_you_mean, unknown_name_error
+from orwcfm.models.adm import DEFAULT_CHANNEL_MULT, ADMUNet
 from orwcfm.models.mlp import MLP
 from orwcfm.models.unet import UNet
 
@@ -34,12 +35,19 @@ def _unet_shape_kwargs(shape: tuple[int, ...]) -> dict[str, int]:
     return {"in_channels": shape[0], "image_size": shape[1]}
 
 
+def _adm_shape_kwargs(shape: tuple[int, ...]) -> dict[str, Any]:
+    if len(shape) != 3:
+        raise UserError(f"model 'adm-unet' needs an image event shape (C, H, W), got {shape}")
+    return {"dim": shape}
+
+
 # kind -> (constructor, event_shape -> the constructor's shape kwargs)
-_MODELS: dict[str, tuple[type[nn.Module], Callable[[tuple[int, ...]], dict[str, int]]]] = {
+_MODELS: dict[str, tuple[type[nn.Module], Callable[[tuple[int, ...]], dict[str, Any]]]] = {
     "mlp": (MLP, _mlp_shape_kwargs),
     "unet": (UNet, _unet_shape_kwargs),
+    "adm-unet": (ADMUNet, _adm_shape_kwargs),
 }
-_SHAPE_ARGS = {"mlp": {"dim"}, "unet": {"in_channels", "image_size"}}
+_SHAPE_ARGS = {"mlp": {"dim"}, "unet": {"in_channels", "image_size"}, "adm-unet": {"dim"}}
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,7 +61,7 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a velocity field: ``kind`` ("mlp" | "unet"), ``event_shape`` ((dim,) or (C, H, W))
+    """Architecture of a velocity field: ``kind`` ("mlp" | "unet" | "adm-unet"), ``event_shape`` ((dim,) or (C, H, W))
     and ``options`` (constructor kwargs other than the shape ones; JSON values, lists not tuples)."""
 
     kind: str
@@ -129,13 +137,27 @@ def _unet_levels(image_size: int) -> dict[str, Any]:
     return {"channel_mult": [1], "attention_resolutions": []}
 
 
+def _adm_defaults(shape: tuple[int, ...]) -> dict[str, Any]:
+    """torchcfm's CIFAR-10 recipe (the README's): 128 channels, 2 blocks, 64-channel heads, dropout 0.1, attention
+    at 16x16 (else at half the width), and torchcfm's channel_mult for the width (left ``None`` where it has none:
+    the model then asks for one)."""
+    width = shape[2]
+    mult = DEFAULT_CHANNEL_MULT.get(width)
+    attention = "16" if mult is not None and 16 in [width >> level for level in range(len(mult))] else ""
+    if not attention and width % 2 == 0:
+        attention = str(width // 2)
+    return {"num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_head_channels": 64, "dropout": 0.1,
+            "attention_resolutions": attention, "channel_mult": None if mult is None else list(mult)}
+
+
 def default_spec(kind: str, event_shape: Sequence[int]) -> ModelSpec:
     """The default architecture for ``event_shape``, with every constructor option written out.
 
     ``kind="auto"`` picks "mlp" for 1-D event shapes and "unet" for (C, H, W) images. Writing all options
     out (instead of relying on the constructors' defaults) keeps old sidecars valid if a default changes.
     For UNets the resolution schedule follows the image size: 8 -> (1, 2) with attention at 4x4;
-    32 -> (1, 2, 2) with attention at 8x8; 28 -> (1, 2, 2) with attention at 7x7.
+    32 -> (1, 2, 2) with attention at 8x8; 28 -> (1, 2, 2) with attention at 7x7. ``adm-unet`` gets torchcfm's
+    CIFAR-10 configuration (about 36M parameters at 32x32), never chosen by ``auto``.
     """
     shape = tuple(int(s) for s in event_shape)
     if kind == "auto":
@@ -153,4 +175,6 @@ def default_spec(kind: str, event_shape: Sequence[int]) -> ModelSpec:
     }
     if kind == "unet":
         options.update(_unet_levels(shape[1]))
+    if kind == "adm-unet":
+        options.update(_adm_defaults(shape))
     return ModelSpec(kind, shape, options)
