@@ -293,12 +293,15 @@ def attention_rates(attention_resolutions: str | Sequence[int], image_size: int,
         except ValueError:
             raise ValueError(f"ADMUNet attention_resolutions must be comma-separated integers such as \"16\" or "
                              f"\"16,8\", got {attention_resolutions!r}") from None
+    elif isinstance(attention_resolutions, int) and not isinstance(attention_resolutions, bool):
+        sizes = [attention_resolutions]  # one resolution, e.g. 16 from a YAML file or --set
     elif isinstance(attention_resolutions, Sequence) and all(
             isinstance(r, int) and not isinstance(r, bool) for r in attention_resolutions):
         sizes = list(attention_resolutions)
     else:
         raise ValueError(
-            f"ADMUNet attention_resolutions must be a string such as \"16,8\", got {attention_resolutions!r}"
+            f"ADMUNet attention_resolutions must be a string such as \"16,8\", an integer or a list of integers, "
+            f"got {attention_resolutions!r}"
         )
     maps = [image_size >> level for level in range(num_levels)]
     for size in sizes:
