@@ -48,8 +48,8 @@ def test_builtin_references_keep_their_cache_folder(name):
 
 
 def test_presets_live_once_in_the_package_and_configs_is_a_view_of_them():
-    assert sorted(FINETUNE_PRESETS) == ["digits-align", "digits-even", "flux-clip", "mnist5k-align", "mnist5k-even",
-                                        "patches-jpeg", "sd3-clip", "sd3-tiny", "toy-2d"]
+    assert sorted(FINETUNE_PRESETS) == ["cifar10-clip", "digits-align", "digits-even", "flux-clip", "mnist5k-align",
+                                        "mnist5k-even", "patches-jpeg", "sd3-clip", "sd3-tiny", "toy-2d"]
     assert {"digits", "mnist5k", "patches", "8gaussians"} <= set(PRETRAIN_PRESETS)
     for kind, presets in (("pretrain", PRETRAIN_PRESETS), ("finetune", FINETUNE_PRESETS)):
         for name in presets:

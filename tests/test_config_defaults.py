@@ -35,7 +35,8 @@ PINNED = json.loads((Path(__file__).parent / "config_defaults.json").read_text()
 NEW_KEYS = {"event_shape": None, "refresh": "online", "algorithm": "orw-cfm-w2", "weight_groups": "batch", "prompts": None,
             "samples_per_prompt": 1, "judge": "auto"}
 # fine-tuning only (pretraining's 'model' is its network's section)
-NEW_FINETUNE_KEYS = {"algorithm_options": {}, "model": None, "eval_prompts": None, "prompt_dropout": 0.0, "t2i": to_dict(TextToImageConfig())}
+NEW_FINETUNE_KEYS = {"algorithm_options": {}, "model": None, "eval_prompts": None, "prompt_dropout": 0.0,
+                     "t2i": to_dict(TextToImageConfig()), "eval_every": 1, "ref_model": None}
 NEW_SAMPLING_KEYS = {"guidance": 1.0}  # in every sampler section
 
 
@@ -67,7 +68,7 @@ def test_default_finetune_config_is_pinned():
 def test_every_preset_and_reference_is_pinned():
     assert sorted(PRETRAIN_PRESETS) == sorted(PINNED["pretrain_presets"])
     assert sorted(FINETUNE_PRESETS) == sorted([*PINNED["finetune_presets"], "digits-align", "mnist5k-align", "sd3-clip",
-                                                   "sd3-tiny", "flux-clip"])  # added since
+                                                   "sd3-tiny", "flux-clip", "cifar10-clip"])  # added since
     assert sorted(BUILTIN_REFERENCES) == sorted([*PINNED["builtin_references"], "mnist5k-cond"])  # added since
     for name, pinned in PINNED["pretrain_presets"].items():
         assert _without_new_keys(to_dict(pretrain_config(name))) == pinned, name
