@@ -165,13 +165,16 @@ class FinetuneLoop(ABC):
 
     def _check_reward_gradient(self) -> None:
         """One line, before any step, when the algorithm back-propagates through the reward and the reward has no
-        gradient (a black box such as JPEG size): probed once on two zero samples."""
+        gradient (a black box such as JPEG size): probed once on two zero samples (one prompt group when the run
+        draws several samples per prompt)."""
         if not self.algorithm.needs_reward_gradient or getattr(self, "_reward_checked", False):
             return
         from ..rewards.base import takes_condition
 
-        x = torch.zeros((2, *self._shape()), device=self.device, requires_grad=True)
-        cond = self.prompts.draw(2, torch.Generator().manual_seed(0), self.device) if self.prompts is not None else None
+        # two samples, or one group of samples_per_prompt (prompt sets draw whole groups)
+        n = max(2, self.config.samples_per_prompt)
+        x = torch.zeros((n, *self._shape()), device=self.device, requires_grad=True)
+        cond = self.prompts.draw(n, torch.Generator().manual_seed(0), self.device) if self.prompts is not None else None
         try:
             with torch.enable_grad():
                 r = self.reward_fn(x, cond) if cond is not None and takes_condition(self.reward_fn) else self.reward_fn(x)
