@@ -101,11 +101,12 @@ def anatomy(name: str, cache: str | None, savedir: str, rounds: int) -> dict[str
     gen = torch.Generator().manual_seed(0)
     x1 = trainer.sample(rows.model, seed=1)
     xt, t = torch.randn((rows.model, *shape), generator=gen), torch.rand(rows.model, generator=gen)
-    n = cfg.buffer_size or b
-    noise = torch.randn((n, *shape), generator=gen)
     period = cfg.refresh_every or cfg.steps_per_epoch
+    buffer = cfg.samples_per_refresh(period)
+    n = buffer or b
+    noise = torch.randn((n, *shape), generator=gen)
     online = cfg.refresh != "offline"
-    per_step = (1.0 / period if cfg.buffer_size else 1.0) if online else 0.0  # refreshes per step
+    per_step = (1.0 / period if buffer else 1.0) if online else 0.0  # refreshes per step
     probe = copy.deepcopy(trainer.model)
     make_adam(probe, 1e-6, "cpu")
 
@@ -129,7 +130,7 @@ def anatomy(name: str, cache: str | None, savedir: str, rounds: int) -> dict[str
         with torch.inference_mode():
             trainer.policy(t[: rows.policy], xt[: rows.policy])
 
-    steps = period if cfg.buffer_size else 5
+    steps = period if buffer else 5
     trainer.run_steps(steps)  # warm-up, aligned to a refresh
     times = median_times({"step": lambda: trainer.run_steps(steps), "sampling": sampling, "reward": reward,
                           "model": model, "reference": reference, "policy": policy}, rounds=rounds, warmup=0)

@@ -109,9 +109,11 @@ def nfe_per_sample(config: FinetuneConfig) -> int:
 
 def samples_per_step(config: FinetuneConfig) -> float:
     """Policy samples drawn per gradient step: the buffer once per refresh, or a fresh batch every step."""
-    if config.buffer_size is None:
+    period = config.refresh_every or config.steps_per_epoch
+    buffer = config.samples_per_refresh(period)
+    if buffer is None:
         return float(config.batch_size)
-    return config.buffer_size / (config.refresh_every or config.steps_per_epoch)
+    return buffer / period
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,7 +149,9 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
     rows = trainer.algorithm.network_rows(b)  # e.g. 2B through the model when the W2 term has its own interpolants
     x1 = trainer.sample(rows.model, seed=1)
     xt, t = torch.randn((rows.model, *shape), generator=gen), torch.rand(rows.model, generator=gen)
-    n_sample = cfg.buffer_size or cfg.batch_size
+    period = cfg.refresh_every or cfg.steps_per_epoch
+    buffer = cfg.samples_per_refresh(period)
+    n_sample = buffer or cfg.batch_size
     noise = torch.randn((n_sample, *shape), generator=gen)
     per_step = samples_per_step(cfg) / n_sample  # refreshes of this size per gradient step
     s = cfg.sampling
@@ -178,12 +182,11 @@ def step_anatomy(name: str, trainer: ORWCFMTrainer, rounds: int, steps: int) -> 
 
     # Warm up; with a buffer, align to a refresh so that each timed block of `steps` (a multiple of the refresh
     # period) holds exactly steps / period refreshes. A fresh batch every step needs no alignment.
-    period = cfg.refresh_every or cfg.steps_per_epoch
-    trainer.run_steps(period if cfg.buffer_size is not None else 2)
+    trainer.run_steps(period if buffer is not None else 2)
     times = median_times({"step": lambda: trainer.run_steps(steps), "sampling": sampling, "reference": reference,
                           "model": model, "reward": reward, "coupling": coupling, "optimizer": optimizer},
                          rounds=rounds, warmup=0)
-    refresh_share = 1.0 / period if cfg.buffer_size is not None else 1.0  # reward calls per step
+    refresh_share = 1.0 / period if buffer is not None else 1.0  # reward calls per step
     return Anatomy(name=name, step_ms=1e3 * times["step"] / steps, sampling_ms=1e3 * times["sampling"] * per_step,
                    reference_ms=1e3 * times["reference"] if rows.reference > 0 else 0.0,
                    model_ms=1e3 * times["model"], model_rows=rows.model, reward_ms=1e3 * times["reward"] * refresh_share,

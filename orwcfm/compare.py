@@ -85,7 +85,8 @@ def _epochs_for(steps: int, max_epochs: int) -> int:
 def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
     """The gradient steps of ``config``'s algorithm that spend at most ``budget`` reward evaluations.
 
-    Online methods with a buffer score ``buffer_size`` samples per refresh and refresh every ``refresh_every`` steps
+    Online methods with a buffer score ``buffer_size`` samples per refresh (``auto``: a whole number of batches, from
+    the refresh period) and refresh every ``refresh_every`` steps
     (else once per epoch): budget / buffer_size refreshes. Without a buffer every step scores a fresh batch. Offline
     RWR spends the whole budget on its one buffer from the reference and takes as many steps as the online schedule
     of the same config would. Methods that sample inside their loss (DRaFT, ReFL, Adjoint Matching) score
@@ -101,12 +102,14 @@ def budget_schedule(config: FinetuneConfig, budget: int) -> Schedule:
             raise UserError(f"budget {budget} is smaller than one step of {name} ({per_step} reward evaluations)")
         epochs = _epochs_for(steps, epochs)
         return Schedule(epochs, steps // epochs, (steps // epochs) * epochs * per_step, {})
-    per_refresh = config.buffer_size or config.batch_size
+    buffer = config.samples_per_refresh(config.refresh_every or config.steps_per_epoch)
+    per_refresh = buffer or config.batch_size
     if budget < per_refresh:
+        what = {"auto": "buffer_size auto", None: "batch_size"}.get(config.buffer_size, "buffer_size")
         raise UserError(f"budget {budget} is smaller than one refresh of {name} ({per_refresh} reward evaluations: "
-                        f"{'buffer_size' if config.buffer_size else 'batch_size'})")
+                        f"{what})")
     refreshes = budget // per_refresh
-    if config.buffer_size is None:  # a fresh batch every step
+    if buffer is None:  # a fresh batch every step
         epochs = _epochs_for(refreshes, epochs)
         spe = refreshes // epochs
         return Schedule(epochs, spe, epochs * spe * per_refresh, {})
@@ -312,7 +315,7 @@ def _check_cell(config: FinetuneConfig) -> None:
     if cls.needs_reward_gradient and config.reward in BLACK_BOX_REWARDS:
         raise UserError(f"algorithm {config.algorithm} back-propagates through the reward, but reward {config.reward} "
                         f"is a black box; use one of: {', '.join(black_box_algorithms())}")
-    per_refresh = config.buffer_size or config.batch_size
+    per_refresh = config.buffer_size if isinstance(config.buffer_size, int) else config.batch_size
     if config.samples_per_prompt > 1 and per_refresh % config.samples_per_prompt:
         raise UserError(f"the group size samples_per_prompt {config.samples_per_prompt} does not divide the samples "
                         f"per refresh ({per_refresh})")

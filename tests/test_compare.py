@@ -36,6 +36,13 @@ def test_the_budget_becomes_refreshes_and_steps():
     with pytest.raises(UserError, match=r"budget 100 is smaller than one refresh of orw-cfm-w2 \(512 reward "
                                         r"evaluations: buffer_size\)"):
         budget_schedule(cfg, 100)
+    # buffer_size auto: a refresh every 10 steps at batch 128 draws 128 x ceil(10 / 4) = 384 samples
+    auto = finetune_config(config_file="toy-2d", buffer_size="auto", batch_size=128, steps_per_epoch=10)
+    s = budget_schedule(auto, 2000)  # 5 refreshes of 384 (1920), one per epoch
+    assert (s.epochs, s.steps_per_epoch, s.reward_evaluations) == (5, 10, 1920)
+    with pytest.raises(UserError, match=r"budget 300 is smaller than one refresh of orw-cfm-w2 \(384 reward "
+                                        r"evaluations: buffer_size auto\)"):
+        budget_schedule(auto, 300)
 
 
 def test_runs_interleave_seed_by_seed_and_every_cell_is_checked_before_any_run(tmp_path):

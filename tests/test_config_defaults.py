@@ -58,8 +58,16 @@ def test_default_pretrain_config_is_pinned():
     assert (cfg.steps, cfg.learning_rate, cfg.ema_decay, cfg.sampling) == (5000, 2e-3, 0.999, SamplingConfig("euler", 100))
 
 
+# Defaults changed on purpose since the pinned commit: (pinned value, today's value).
+CHANGED_FINETUNE_DEFAULTS = {"buffer_size": (None, "auto")}  # fast by default: samples reused between refreshes
+
+
 def test_default_finetune_config_is_pinned():
-    assert _without_new_keys(to_dict(FinetuneConfig()), finetune=True) == PINNED["FinetuneConfig"]
+    today = _without_new_keys(to_dict(FinetuneConfig()), finetune=True)
+    pinned = dict(PINNED["FinetuneConfig"])
+    for key, (old, new) in CHANGED_FINETUNE_DEFAULTS.items():
+        assert (pinned.pop(key), today.pop(key)) == (old, new), key
+    assert today == pinned
     cfg = FinetuneConfig()
     assert (cfg.w2_coefficient, cfg.temperature, cfg.learning_rate, cfg.weighting) == (1.0, 0.5, 2e-4, "paper")
     assert cfg.sampling == cfg.eval_sampling == SamplingConfig(solver="midpoint", steps=10)

@@ -271,3 +271,52 @@ def test_with_an_ema_the_ema_is_the_runs_model_everywhere(reference, tmp_path):
         torch.testing.assert_close(p, q)
     plain = make(reference, tmp_path / "plain", w2_coefficient=0.0)
     assert plain.evaluated_weights == "raw" and plain.current_model() is plain.model
+
+
+@pytest.mark.parametrize("period, expected", [(1, 64), (2, 64), (4, 64), (5, 128), (10, 192), (100, 1600)])
+def test_auto_buffer_feeds_each_sample_to_at_most_four_steps(period, expected):
+    from orwcfm.config import FinetuneConfig
+    from orwcfm.config.finetune import AUTO_REUSE
+
+    cfg = FinetuneConfig(batch_size=64)
+    assert cfg.buffer_size == "auto"  # the default
+    n = cfg.samples_per_refresh(period)
+    assert n == expected and n % 64 == 0
+    assert period * 64 / n <= AUTO_REUSE  # the guard: no sample feeds more steps than AUTO_REUSE
+    assert FinetuneConfig(batch_size=64, buffer_size=None).samples_per_refresh(period) is None
+    assert FinetuneConfig(batch_size=64, buffer_size=256).samples_per_refresh(period) == 256
+
+
+def test_the_default_buffer_scores_one_auto_buffer_per_refresh_in_batch_sized_chunks(reference, tmp_path):
+    """The README API's default (buffer_size auto): 10 steps per epoch at batch 64 draw 64 x ceil(10 / 4) = 192
+    samples per refresh, the policy integrating them one batch (64) at a time, and the reward is called once per
+    refresh, not once per step."""
+    calls: list[int] = []
+
+    def reward(x):
+        calls.append(x.shape[0])
+        return -(x[:, 0] - 1.0).abs()
+
+    trainer = make(reference, tmp_path, reward_fn=reward, buffer_size="auto", batch_size=64)
+    rows_seen: list[int] = []
+    hook = trainer.policy.register_forward_pre_hook(lambda _m, args: rows_seen.append(args[1].shape[0]))
+    calls.clear()  # the evaluation before training also calls it
+    summary = trainer.train(num_epochs=2, steps_per_epoch=10)
+    hook.remove()
+    assert summary.reward_evaluations == 2 * 192
+    assert calls.count(192) == 2  # the two refreshes (evaluations score eval_samples = 1000 at a time)
+    assert max(rows_seen) == 64  # never more than a batch through the policy at once
+    fresh = make(reference, tmp_path / "fresh", buffer_size=None, batch_size=64)
+    assert fresh.train(num_epochs=2, steps_per_epoch=10).reward_evaluations == 2 * 10 * 64
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"buffer_size": "big"}, r"config key 'buffer_size': expected int \| 'auto' \| null, got 'big'"),
+    ({"buffer_size": 32, "batch_size": 64}, r"'buffer_size' \(32\) must be at least batch_size \(64\)"),
+    ({"refresh": "offline", "buffer_size": "auto"}, r"'offline' .* needs buffer_size, the number of samples \(got auto\)"),
+])
+def test_a_bad_buffer_size_is_one_line(settings, message):
+    from orwcfm.config import finetune_config
+
+    with pytest.raises(UserError, match=message):
+        finetune_config(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from ..algorithms import check_algorithm_config
@@ -17,6 +18,12 @@ def _midpoint_x10() -> SamplingConfig:
     # sampler that is not worse than Euler x 100 in digits-FD *and* keeps the fine-tuned model's diversity
     # (rk4 x 3 passes the first test, not the second): benchmarks/finetune_speed.py, docs/performance.md.
     return SamplingConfig(solver="midpoint", steps=10)
+
+
+# ``buffer_size: auto``: the most steps one policy sample feeds between refreshes (benchmarks/readme_defaults.py,
+# docs/performance.md: past it, the sampling time saved per step is small next to the step's own network passes,
+# while the fine-tuned model's diversity starts to pay for the repeated samples).
+AUTO_REUSE = 4
 
 
 @dataclass_frozen
@@ -76,9 +83,12 @@ class FinetuneConfig:
     refresh_every: int | None = setting(
         None, help="Gradient steps between refreshes of the sampling policy from the model (> 0); null = once per "
                    "epoch.")
-    buffer_size: int | None = setting(
-        None, help="Policy samples drawn and scored per refresh and reused as minibatches until the next one (at "
-                   "least batch_size, over all processes); null = a fresh batch every step.")
+    buffer_size: int | Literal["auto"] | None = setting(
+        "auto", help="Policy samples drawn and scored per refresh and reused as minibatches until the next one: an "
+                     "integer (at least batch_size, over all processes); auto = batch_size x ceil(P / 4) for a refresh "
+                     "period of P steps, so that each sample feeds about 4 steps and never more (the policy is "
+                     "frozen between refreshes; past about 4 reuses the time saved no longer pays for the lost "
+                     "freshness, docs/performance.md); null = a fresh batch every step (the published scheme).")
     sampling: SamplingConfig = setting(
         factory=_midpoint_x10, help="The policy's sampler of the training samples (midpoint x 10: the cheapest that "
                                     "keeps digits-FD and diversity, docs/performance.md).")
@@ -160,6 +170,15 @@ class FinetuneConfig:
         factory=TextToImageConfig, help="Settings of a run on a diffusers pipeline (model): resolution, LoRA, base "
                                         "precision, gradient checkpointing, decoding.")
 
+    def samples_per_refresh(self, period: int) -> int | None:
+        """Policy samples drawn and scored at each refresh (over all processes) when the policy is refreshed every
+        ``period`` gradient steps: ``buffer_size``, or for ``auto`` ``batch_size * ceil(period / AUTO_REUSE)`` (each
+        sample feeds at most AUTO_REUSE steps: a period of 100 steps at batch 128 draws 25 x 128); None = a fresh
+        batch every step (``buffer_size: null``)."""
+        if self.buffer_size == "auto":
+            return self.batch_size * math.ceil(period / AUTO_REUSE)
+        return self.buffer_size
+
     def __post_init__(self) -> None:
         for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "eval_every", "log_every",
                      "keep_checkpoints"):
@@ -171,7 +190,7 @@ class FinetuneConfig:
                 _positive(name, getattr(self, name))
         if self.ema_decay is not None and not self.ema_decay < 1.0:
             raise UserError(f"config key 'ema_decay' must be in (0, 1) or null, got {self.ema_decay}")
-        if self.buffer_size is not None and self.buffer_size < self.batch_size:
+        if isinstance(self.buffer_size, int) and self.buffer_size < self.batch_size:
             raise UserError(f"config key 'buffer_size' ({self.buffer_size}) must be at least batch_size ({self.batch_size}) or null")
         if self.weighting == "buffer-normalized" and self.buffer_size is None:
             raise UserError("config key 'weighting': 'buffer-normalized' normalises over the samples of one refresh, "
@@ -187,9 +206,10 @@ class FinetuneConfig:
             raise UserError(f"config key 'text_prompts' needs at least two prompts (target, contrast), got {list(self.text_prompts)}")
         check_algorithm_config(self)  # the algorithm's own settings (e.g. weight_groups with weighting)
         _positive("samples_per_prompt", self.samples_per_prompt)
-        if self.refresh == "offline" and (self.buffer_size is None or self.refresh_every is not None):
+        if self.refresh == "offline" and (not isinstance(self.buffer_size, int) or self.refresh_every is not None):
             raise UserError("config key 'refresh': 'offline' draws one buffer from the reference and never refreshes: "
-                            f"it needs buffer_size (got {self.buffer_size}) and no refresh_every (got {self.refresh_every})")
+                            f"it needs buffer_size, the number of samples (got {self.buffer_size}), and no "
+                            f"refresh_every (got {self.refresh_every})")
         for key in ("prompts", "eval_prompts"):
             value = getattr(self, key)
             if isinstance(value, str) and not value.strip():

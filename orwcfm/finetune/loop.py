@@ -4,7 +4,8 @@
                 offline`` draws one buffer from the reference at step 0 and never refreshes)
     collect     the policy's samples x1 for this refresh, under conditions drawn from the prompt set (if any)
     score       their rewards r = reward(x1[, cond]) (the black box; checked on every rank; NaNs stop or drop)
-    minibatch   (x1, r, cond) from the buffer (a fresh batch every step when ``buffer_size`` is null)
+    minibatch   (x1, r, cond) from the buffer (``buffer_size: auto`` sizes it so that each sample feeds about 4
+                steps; a fresh batch every step when it is null)
     loss        the algorithm's objective of the minibatch, with fresh noise x0 and times t
     step        optimizer, warm-up schedule, gradient clipping, optional EMA       (runtime.Optimization)
     log         every ``log_every`` steps the running means (only then are numbers pulled off the device)
@@ -72,7 +73,8 @@ class FinetuneLoop(ABC):
     def _init_loop_state(self) -> None:
         cfg = self.config
         self.local_batch = dist_util.split(cfg.batch_size, self.dist, "batch_size")
-        self.local_buffer = dist_util.split(cfg.buffer_size, self.dist, "buffer_size") if cfg.buffer_size else None
+        if isinstance(cfg.buffer_size, int):  # refused now, not at the first refresh, when it does not split evenly
+            dist_util.split(cfg.buffer_size, self.dist, "buffer_size")
         self.time_sampler = make_time_sampler(cfg.time_sampler)
         self.step = 0
         self.steps_per_epoch: int | None = None  # set by train(); recorded in checkpoints
@@ -107,7 +109,7 @@ class FinetuneLoop(ABC):
             x0 = torch.randn((n, *self._shape()), generator=self.generator).to(self.device)
             cond = self.prompts.draw(n, self.generator, self.device) if self.prompts is not None else None
             with longwork.progress(f"policy samples (step {self.step})", n, enabled=self.progress and self.dist.is_main):
-                out = self.algorithm.collect(self.roles.policy_net(), x0, cond, self.config.sampling,
+                out = self.algorithm.collect(self.roles.policy_net(), x0, cond, self._policy_sampling(),
                                              self._times(self.config.sampling.steps))
         except StopNow:
             self.generator.set_state(streams[0])
@@ -123,6 +125,14 @@ class FinetuneLoop(ABC):
         buffer = SampleBuffer(x1, rewards, self.generator, cond=cond)
         buffer.extras.update(extras)
         return buffer
+
+    def _policy_sampling(self) -> Any:
+        """The policy's sampler; an ``auto`` buffer (many batches) is integrated one batch at a time unless
+        ``sampling.batch_size`` says otherwise, so that the default's peak memory stays the fresh-batch scheme's."""
+        sampling = self.config.sampling
+        if self.config.buffer_size == "auto" and sampling.batch_size is None:
+            return dataclasses.replace(sampling, batch_size=self.local_batch)
+        return sampling
 
     def _score(self, x1: torch.Tensor, cond: Cond | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rewards (N,) of the policy's samples, and the mask of valid ones when some were dropped (the only
@@ -157,9 +167,11 @@ class FinetuneLoop(ABC):
         due = self.step == 0 if cfg.refresh == "offline" else self.step % period == 0
         if due:
             self.roles.refresh_policy()
+        per_refresh = cfg.samples_per_refresh(period)
         # A resumed run without its buffer (another number of processes) re-samples from the restored policy.
-        if due or self.buffer is None or cfg.buffer_size is None:
-            self.buffer = self._collect(self.local_buffer or self.local_batch)
+        if due or self.buffer is None or per_refresh is None:
+            n = dist_util.split(per_refresh, self.dist, "buffer_size") if per_refresh else self.local_batch
+            self.buffer = self._collect(n)
             self.algorithm.refresh(self.buffer)
         return self.buffer.next(min(self.local_batch, len(self.buffer)))
 

@@ -94,10 +94,11 @@ def check_prompts(prompts: Any, model: nn.Module, config: FinetuneConfig) -> Non
         raise UserError(f"{len(prompts)} prompts for a model of {classes} classes: a class-conditional model needs one "
                         f"prompt per class, in class order")
     k = getattr(prompts, "samples_per_prompt", 1)
-    per_refresh = config.buffer_size or config.batch_size
+    # an auto buffer is a whole number of batches: the batch is what k must divide
+    per_refresh = config.buffer_size if isinstance(config.buffer_size, int) else config.batch_size
     if per_refresh % k:
         raise UserError(f"samples_per_prompt {k} must divide the samples drawn per refresh "
-                        f"({'buffer_size' if config.buffer_size else 'batch_size'} {per_refresh})")
+                        f"({'buffer_size' if isinstance(config.buffer_size, int) else 'batch_size'} {per_refresh})")
 
 
 class ORWCFMTrainer(FinetuneLoop):
