@@ -117,7 +117,8 @@ class FinetuneConfig:
                                           "pairs), before training and every eval_every epochs.")
     eval_every: int = setting(1, help="Evaluate every this many epochs (>= 1, at most the run's epochs); the "
                                       "evaluation before training and after the last epoch are always made. "
-                                      "Checkpoints are still written after every epoch.")
+                                      "Checkpoints are still written after every epoch; train() says one line when the "
+                                      "evaluations would be over 25 % of the run's network work.")
     log_every: int = setting(10, help=SHARED_HELP["log_every"])
     keep_checkpoints: int = setting(2, help=SHARED_HELP["keep_checkpoints"])
     device: str = setting("cpu", help=SHARED_HELP["device"])

@@ -19,6 +19,7 @@ builds it from a config and adds loading, sampling, evaluation and checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -43,6 +44,7 @@ from ..rewards import call_reward
 from ..runlog import RunLogger
 from ..sampling import autocast
 from .buffer import Minibatch, SampleBuffer
+from .cost import large_share_hint, predict_cost
 from .roles import ModelRoles
 
 
@@ -82,6 +84,8 @@ class FinetuneLoop(ABC):
         self.history: list[dict[str, Any]] = []  # one row per evaluation: epoch 0 is "before"
         self.reward_evaluations = 0
         self.dropped_samples = 0
+        self.predicted_cost = None  # set by train(): finetune/cost.RunCost
+        self.evaluation_seconds = 0.0  # spent in evaluations during this train() call
         self._noted = False  # the algorithm's one-time log remark (e.g. the loss was rescaled to stay in range)
         self._running: dict[str, torch.Tensor] | None = None  # sums of the logged numbers since the last log
         self._running_count = 0
@@ -304,6 +308,11 @@ class FinetuneLoop(ABC):
         self._check_reward_gradient()  # before the run folder exists
         self.steps_per_epoch = steps_per_epoch
         main = self.dist.is_main  # with several processes only rank 0 evaluates and writes
+        # what the evaluations will cost next to the training, said before the run when it is a large share
+        self.predicted_cost = predict_cost(cfg, self.algorithm, num_epochs, steps_per_epoch)
+        hint = large_share_hint(self.predicted_cost, cfg, num_epochs)
+        if hint is not None and main and self.progress:
+            print(hint, file=sys.stderr, flush=True)
         if main:
             runtime.make_run_dir(self.run_dir)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

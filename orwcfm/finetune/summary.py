@@ -55,6 +55,10 @@ class FinetuneSummary:
     diversity_per_prompt_after: float | None = None
     algorithm: str = "orw-cfm-w2"
     curve: list[dict[str, float]] | None = None  # every evaluation: epoch, step, reward evaluations, its numbers
+    # the evaluations' share of the run: seconds spent in them (this train() call), and the share of the run's
+    # network work predicted from the config before it started (finetune/cost.py)
+    evaluation_seconds: float | None = None
+    evaluation_share_predicted: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -76,6 +80,11 @@ class FinetuneSummary:
         lines.append(f"| alpha / tau / weighting / epochs / steps | | {self.w2_coefficient:g} / {self.temperature:g} / "
                      f"{self.weighting} / {self.epochs} / {self.steps} |")
         lines.append(f"| reward evaluations / wall time | | {self.reward_evaluations} / {self.wall_seconds:.0f} s |")
+        if self.evaluation_seconds is not None and self.wall_seconds > 0:
+            predicted = ("" if self.evaluation_share_predicted is None
+                         else f" (predicted {100 * self.evaluation_share_predicted:.0f} %)")
+            lines.append(f"| time in evaluations | | {self.evaluation_seconds:.0f} s, "
+                         f"{100 * self.evaluation_seconds / self.wall_seconds:.0f} %{predicted} |")
         return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ steps alone (refresh, minibatch, loss, update), without evaluation or checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -326,7 +327,9 @@ class ORWCFMTrainer(FinetuneLoop):
 
     def evaluate_and_record(self, logger: RunLogger, epoch: int) -> None:
         """Evaluate, append the row to the history, log it, and draw the sample grid and the curves."""
+        start = time.perf_counter()
         ev = self.evaluate()
+        self.evaluation_seconds += time.perf_counter() - start
         # the reward evaluations spent so far: how many it took to reach a level (orwcfm compare --target)
         row = {"epoch": epoch, "step": self.step, "reward_evaluations": self.reward_evaluations, **ev.scalars(),
                **{k: v for k, v in ev.task.items() if isinstance(v, list)}}
@@ -346,8 +349,12 @@ class ORWCFMTrainer(FinetuneLoop):
         ``samples/epoch_NNN.png``, ``curves.png``, ``checkpoints/step_N`` after every epoch and ``summary.json``.
         """
         start = time.perf_counter()
+        self.evaluation_seconds = 0.0
         super().train(num_epochs, steps_per_epoch)
-        summary = self.summary(num_epochs, wall_seconds=time.perf_counter() - start)
+        summary = dataclasses.replace(
+            self.summary(num_epochs, wall_seconds=time.perf_counter() - start),
+            evaluation_seconds=self.evaluation_seconds,
+            evaluation_share_predicted=self.predicted_cost.evaluation_share if self.predicted_cost else None)
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
             if self.progress:
