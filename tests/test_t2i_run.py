@@ -330,7 +330,8 @@ def signal_command(out, cache, *extra):
     import sys
 
     return [sys.executable, "-m", "orwcfm.cli", "finetune", "--config", "sd3-tiny", "--out", str(out), "--cache",
-            str(cache), "--no-progress", "--set", "buffer_size=null", "steps_per_epoch=8", "keep_checkpoints=5", *extra]
+            str(cache), "--no-progress", "--set", "buffer_size=null", "steps_per_epoch=8", "keep_checkpoints=5",
+            "log_every=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -360,11 +361,18 @@ def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_lora_run(tmp_pa
     env, run = {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path / "run"
     proc = subprocess.Popen(signal_command(run, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
+    def last_logged_step() -> int:
+        """The newest step in metrics.jsonl (line-buffered, one row per step with log_every=1)."""
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+
+    # wait for a whole step of epoch 2, not a fixed time: under load the epoch-1 evaluation after the step-8
+    # checkpoint can outlast any sleep, and a SIGTERM there (rightly) keeps step 8 (CI failed that way once)
     deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "step_0000008" / "meta.json").exists():
+    while last_logged_step() < 9:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(0.8)  # a few steps into epoch 2
+        time.sleep(0.02)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
     if sig == "SIGKILL":
