@@ -296,7 +296,7 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
                     schedule = budget_schedule(base, budget)
                     # the schedule last, so that it wins over the task's and the user's settings
                     spend = [f"epochs={schedule.epochs}", f"steps_per_epoch={schedule.steps_per_epoch}",
-                             *(f"{k}={v}" for k, v in schedule.overrides.items())]
+                             *(f"{k}={v}" for k, v in schedule.overrides.items()), *_one_instrument(base)]
                     cfg = finetune_config(config_file=config, overrides=[*overrides, *spend], algorithm=name,
                                           seed=seed, savedir=str(Path(out) / "cells"), run_name=label, **settings)
                 except UserError as err:
@@ -305,6 +305,16 @@ def plan_compare(config: str | Path, algorithms: Sequence[str], seeds: Sequence[
                 values = {"algorithm": shown, "setting": setting.label, "seed": seed}
                 cells.append(CompareCell(name, setting, seed, SweepCell(label, values, cfg), schedule))
     return cells
+
+
+def _one_instrument(config: FinetuneConfig) -> list[str]:
+    """Overrides that fix what ``auto`` would size per run: every run of a comparison is measured by the same
+    instrument (AUTO_EVAL_SAMPLES samples) after every epoch (its learning curve, which --target reads), whatever its
+    training costs. Values the task or the user set are kept."""
+    from .finetune.cost import AUTO_EVAL_SAMPLES
+
+    return [f"{key}={value}" for key, value in (("eval_samples", AUTO_EVAL_SAMPLES), ("eval_every", 1))
+            if getattr(config, key) == "auto"]
 
 
 def _check_cell(config: FinetuneConfig) -> None:
@@ -386,13 +396,23 @@ def write_outputs(rows: list[dict[str, Any]], reference: dict[str, Any], out: Pa
     return agg
 
 
+def tradeoff_axes(agg: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """(x, y) metrics of the trade-off plot: the diversity within a prompt where every row has it (across prompts a
+    run that collapses each prompt onto one sample still looks diverse), else the diversity; the target fraction or
+    the alignment where every row has it, else the reward."""
+    x_key = "diversity_per_condition" if agg and all("diversity_per_condition" in a for a in agg) else "diversity"
+    y_key = next((k for k in ("target_fraction", "alignment") if agg and all(k in a for a in agg)), "reward_mean")
+    return x_key, y_key
+
+
 def save_tradeoff(agg: Sequence[dict[str, Any]], reference: dict[str, Any], path: Path) -> Path | None:
-    """Reward (target fraction when the task has one) against diversity: one point per algorithm and setting, the
-    95 % intervals as bars, one colour per algorithm, the reference as a star."""
+    """Reward (target fraction or alignment when the task has one) against diversity (within a prompt when the task
+    has prompts): one point per algorithm and setting, the 95 % intervals as bars, one colour per algorithm, the
+    reference as a star."""
     from .plotting import _pyplot, _save_figure
 
-    y_key = "target_fraction" if all("target_fraction" in a for a in agg) else "reward_mean"
-    points = [a for a in agg if y_key in a and "diversity" in a]
+    x_key, y_key = tradeoff_axes(agg)
+    points = [a for a in agg if y_key in a and x_key in a]
     if not points:
         return None
     plt = _pyplot()
@@ -400,17 +420,18 @@ def save_tradeoff(agg: Sequence[dict[str, Any]], reference: dict[str, Any], path
     names = list(dict.fromkeys(a["algorithm"] for a in points))
     for i, name in enumerate(names):
         mine = [a for a in points if a["algorithm"] == name]
-        ax.errorbar([a["diversity"] for a in mine], [a[y_key] for a in mine],
-                    xerr=[a.get("diversity_ci", 0) for a in mine], yerr=[a.get(f"{y_key}_ci", 0) for a in mine],
+        ax.errorbar([a[x_key] for a in mine], [a[y_key] for a in mine],
+                    xerr=[a.get(f"{x_key}_ci", 0) for a in mine], yerr=[a.get(f"{y_key}_ci", 0) for a in mine],
                     fmt="o-" if len(mine) > 1 else "o", color=f"C{i}", ms=6, capsize=2, lw=1, label=name)
         for a in mine:
             if a["setting"] != "default":
-                ax.annotate(a["setting"], (a["diversity"], a[y_key]), fontsize=6, xytext=(3, 3),
+                ax.annotate(a["setting"], (a[x_key], a[y_key]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-    if "diversity" in reference and y_key in reference:
-        ax.plot([reference["diversity"]], [reference[y_key]], "*", color="k", ms=12, label="reference")
+    if x_key in reference and y_key in reference:
+        ax.plot([reference[x_key]], [reference[y_key]], "*", color="k", ms=12, label="reference")
     ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel("diversity (mean pairwise distance)  ->  more diverse")
+    within = " within a prompt" if x_key == "diversity_per_condition" else ""
+    ax.set_xlabel(f"diversity{within} (mean pairwise distance)  ->  more diverse")
     ax.set_ylabel(y_key.replace("_", " "))
     ax.set_title("reward against diversity, same budget of reward evaluations (mean, 95 % interval)", fontsize=8)
     ax.grid(alpha=0.3)

@@ -9,7 +9,7 @@ from scipy.stats import t as student_t
 
 from orwcfm.cli import main
 from orwcfm.compare import (QUICK_OVERRIDES, Target, aggregate, budget_schedule, fewest_to_target, interval, parse_target,
-                            plan_compare, reached)
+                            plan_compare, reached, tradeoff_axes)
 from orwcfm.config import finetune_config
 from orwcfm.errors import UserError
 
@@ -159,6 +159,31 @@ def test_quick_shrinks_every_run_and_the_users_settings_win(tmp_path):
     assert (cfg.batch_size, cfg.buffer_size, cfg.steps_per_epoch, cfg.sampling.steps) == (64, 128, 4, 2)
     assert cfg.eval_samples == 32 and cell.schedule.epochs == 8  # 1024 / 128 refreshes, one per epoch
     assert "steps_per_epoch=4" in QUICK_OVERRIDES
+
+
+def test_every_run_gets_one_instrument_when_the_task_leaves_evaluations_on_auto(tmp_path):
+    # a task file without eval_samples / eval_every: auto would size each run's evaluations by its own training
+    # cost (Flow-GRPO's step costs more than ORW-CFM-W2's), so a comparison fixes them: 500 samples every epoch
+    task = tmp_path / "task.yaml"
+    task.write_text("ref_path: builtin:8gaussians\nreward: distance\nreward_options: {point: [5.0, 0.0]}\n"
+                    "batch_size: 64\nbuffer_size: 256\nsteps_per_epoch: 10\n")
+    assert finetune_config(config_file=task).eval_samples == "auto"
+    cells = plan_compare(str(task), ["orw-cfm-w2", "flow-grpo"], [0], 1024, tmp_path / "c")
+    assert {(c.cell.config.eval_samples, c.cell.config.eval_every) for c in cells} == {(500, 1)}
+    # what the task sets is kept
+    task.write_text(task.read_text() + "eval_samples: 100\neval_every: 2\n")
+    cells = plan_compare(str(task), ["orw-cfm-w2"], [0], 1024, tmp_path / "d")
+    assert (cells[0].cell.config.eval_samples, cells[0].cell.config.eval_every) == (100, 2)
+
+
+def test_the_tradeoff_plot_uses_the_diversity_within_a_prompt_when_there_are_prompts():
+    # prompted digits: a run that collapses every prompt onto one sample keeps its diversity across prompts
+    prompted = [{"alignment": 1.0, "reward_mean": 0.0, "diversity": 6.3, "diversity_per_condition": 2.0},
+                {"alignment": 0.97, "reward_mean": -0.1, "diversity": 6.0, "diversity_per_condition": 4.3}]
+    assert tradeoff_axes(prompted) == ("diversity_per_condition", "alignment")
+    assert tradeoff_axes([{"target_fraction": 0.9, "reward_mean": 0.0, "diversity": 5.0}]) == ("diversity", "target_fraction")
+    assert tradeoff_axes([{"reward_mean": 0.0, "diversity": 5.0}, {"reward_mean": 1.0, "diversity": 4.0}]) == (
+        "diversity", "reward_mean")
 
 
 @pytest.mark.slow

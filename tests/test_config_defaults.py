@@ -58,12 +58,19 @@ def test_default_pretrain_config_is_pinned():
     assert (cfg.steps, cfg.learning_rate, cfg.ema_decay, cfg.sampling) == (5000, 2e-3, 0.999, SamplingConfig("euler", 100))
 
 
-# Defaults changed on purpose since the pinned commit: (pinned value, today's value).
-CHANGED_FINETUNE_DEFAULTS = {"buffer_size": (None, "auto")}  # fast by default: samples reused between refreshes
+# Defaults changed on purpose since the pinned commit: (pinned value, today's value). buffer_size: fast by default
+# (samples reused between refreshes); eval_samples: evaluations sized to a small share of the run.
+CHANGED_FINETUNE_DEFAULTS = {"buffer_size": (None, "auto"), "eval_samples": (500, "auto")}
+# keys added after the pin whose default then changed on purpose: (their first default, today's)
+CHANGED_NEW_DEFAULTS = {"eval_every": (1, "auto")}
 
 
 def test_default_finetune_config_is_pinned():
-    today = _without_new_keys(to_dict(FinetuneConfig()), finetune=True)
+    settings = to_dict(FinetuneConfig())
+    for key, (first, new) in CHANGED_NEW_DEFAULTS.items():
+        assert settings[key] == new, key
+        settings[key] = first
+    today = _without_new_keys(settings, finetune=True)
     pinned = dict(PINNED["FinetuneConfig"])
     for key, (old, new) in CHANGED_FINETUNE_DEFAULTS.items():
         assert (pinned.pop(key), today.pop(key)) == (old, new), key

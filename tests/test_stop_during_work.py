@@ -44,6 +44,7 @@ def tripwired(model):
 
 
 def make_trainer(reference, run_dir, **extra):
+    extra = {"eval_every": 1, **extra}  # an evaluation after every epoch unless a test says otherwise
     config = dict(eval_samples=200, eval_sampling={"solver": "midpoint", "steps": 20},
                   sampling={"solver": "midpoint", "steps": 10}, batch_size=32, buffer_size=128, learning_rate=1e-3,
                   reward="distance", reward_options={"point": [5.0, 0.0]}, savedir=str(run_dir.parent),

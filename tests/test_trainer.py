@@ -27,7 +27,7 @@ def reference(tmp_path_factory):
 
 def make(reference, tmp_path, reward_fn=lambda x: -(x[:, 0] - 1.0).abs(), **settings):
     config = dict(learning_rate=3e-3, batch_size=256, buffer_size=1024, temperature=4.0, w2_coefficient=0.0,
-                  sampling={"solver": "midpoint", "steps": 8}, eval_samples=1000, log_every=10,
+                  sampling={"solver": "midpoint", "steps": 8}, eval_samples=1000, eval_every=1, log_every=10,
                   savedir=str(tmp_path), run_name="run")
     config.update(settings)
     model = load_checkpoint(reference).build_model("ema")

@@ -113,12 +113,16 @@ class FinetuneConfig:
                     "is exactly 0 at the first step.")
     seed: int = setting(0, help="Seed of the policy noise, minibatch order, x0 and t draws and of the fixed "
                                 "evaluation noise (each process offsets the training streams).")
-    eval_samples: int = setting(500, help="Samples drawn from fixed noise at each evaluation (>= 2: diversity needs "
-                                          "pairs), before training and every eval_every epochs.")
-    eval_every: int = setting(1, help="Evaluate every this many epochs (>= 1, at most the run's epochs); the "
-                                      "evaluation before training and after the last epoch are always made. "
-                                      "Checkpoints are still written after every epoch; train() says one line when the "
-                                      "evaluations would be over 25 % of the run's network work.")
+    eval_samples: int | Literal["auto"] = setting(
+        "auto", help="Samples drawn from fixed noise at each evaluation (>= 2: diversity needs pairs); auto = 500, "
+                     "fewer (at least 64) where even the evaluations before and after the run would be over 10 % of "
+                     "its network work (a short run of a large model); train() says what auto chose.")
+    eval_every: int | Literal["auto"] = setting(
+        "auto", help="Evaluate every this many epochs (>= 1, at most the run's epochs); the evaluation before "
+                     "training and after the last epoch are always made. auto = every epoch while the evaluations "
+                     "stay within 10 % of the run's predicted network work, else the smallest interval that does. "
+                     "Checkpoints are still written after every epoch; train() says one line when the evaluations "
+                     "would be over 25 % of the run's network work.")
     log_every: int = setting(10, help=SHARED_HELP["log_every"])
     keep_checkpoints: int = setting(2, help=SHARED_HELP["keep_checkpoints"])
     device: str = setting("cpu", help=SHARED_HELP["device"])
@@ -183,7 +187,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         for name in ("learning_rate", "batch_size", "epochs", "steps_per_epoch", "eval_samples", "eval_every", "log_every",
                      "keep_checkpoints"):
-            _positive(name, getattr(self, name))
+            if getattr(self, name) != "auto":
+                _positive(name, getattr(self, name))
         for name in ("warmup_steps", "w2_coefficient", "temperature"):
             _non_negative(name, getattr(self, name))
         for name in ("grad_clip", "refresh_every", "num_threads", "ema_decay"):
@@ -197,7 +202,7 @@ class FinetuneConfig:
             raise UserError("config key 'weighting': 'buffer-normalized' normalises over the samples of one refresh, "
                             "which needs 'buffer_size' (samples drawn per refresh), but buffer_size is null; set "
                             "buffer_size, or use weighting 'paper' or 'batch-normalized'")
-        if self.eval_samples < 2:
+        if self.eval_samples != "auto" and self.eval_samples < 2:
             raise UserError(f"config key 'eval_samples' must be at least 2 (diversity needs pairs), got {self.eval_samples}")
         _in_unit_interval("sigma_min", self.sigma_min)
         if self.eval_sampling.precision != "fp32":

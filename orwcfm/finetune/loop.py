@@ -44,7 +44,7 @@ from ..rewards import call_reward
 from ..runlog import RunLogger
 from ..sampling import autocast
 from .buffer import Minibatch, SampleBuffer
-from .cost import large_share_hint, predict_cost
+from .cost import EvalPlan, auto_plan_line, large_share_hint, plan_evaluations, predict_cost
 from .roles import ModelRoles
 
 
@@ -85,6 +85,8 @@ class FinetuneLoop(ABC):
         self.reward_evaluations = 0
         self.dropped_samples = 0
         self.predicted_cost = None  # set by train(): finetune/cost.RunCost
+        # how evaluations are made (auto resolved by train() from the run's length; before it: 500 samples)
+        self.eval_plan = EvalPlan.outside_a_run(cfg)
         self.evaluation_seconds = 0.0  # spent in evaluations during this train() call
         self._noted = False  # the algorithm's one-time log remark (e.g. the loss was rescaled to stay in range)
         self._running: dict[str, torch.Tensor] | None = None  # sums of the logged numbers since the last log
@@ -301,18 +303,24 @@ class FinetuneLoop(ABC):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         cfg = self.config
-        if cfg.eval_every > num_epochs:
+        if cfg.eval_every != "auto" and cfg.eval_every > num_epochs:
             raise UserError(f"config key 'eval_every' ({cfg.eval_every} epochs) is larger than the run ({num_epochs} "
                             f"epochs): at most {num_epochs} (the evaluations before and after the run are always made)")
         self._shape()
         self._check_reward_gradient()  # before the run folder exists
         self.steps_per_epoch = steps_per_epoch
         main = self.dist.is_main  # with several processes only rank 0 evaluates and writes
-        # what the evaluations will cost next to the training, said before the run when it is a large share
-        self.predicted_cost = predict_cost(cfg, self.algorithm, num_epochs, steps_per_epoch)
-        hint = large_share_hint(self.predicted_cost, cfg, num_epochs)
-        if hint is not None and main and self.progress:
-            print(hint, file=sys.stderr, flush=True)
+        # how often and how large the evaluations are (auto: a small share of this run), and what they will cost
+        # next to the training, said before the run when auto shrank them or they are a large share
+        plan = plan_evaluations(cfg, self.algorithm, num_epochs, steps_per_epoch)
+        if plan.samples != self.eval_plan.samples:
+            self._reference_cache = None  # the reference's samples are drawn on the evaluation's noise
+        self.eval_plan = plan
+        self.predicted_cost = predict_cost(cfg, self.algorithm, num_epochs, steps_per_epoch, plan)
+        for line in (auto_plan_line(plan, self.predicted_cost),
+                     large_share_hint(self.predicted_cost, cfg, num_epochs, plan)):
+            if line is not None and main and self.progress:
+                print(line, file=sys.stderr, flush=True)
         if main:
             runtime.make_run_dir(self.run_dir)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -335,7 +343,7 @@ class FinetuneLoop(ABC):
         epoch = self.step // steps_per_epoch
 
         def due(e: int) -> bool:  # the epochs that end with an evaluation
-            return e % self.config.eval_every == 0 or e == num_epochs
+            return self.eval_plan.due(e, num_epochs)
 
         if not self.history:
             if main:

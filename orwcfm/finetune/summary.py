@@ -59,6 +59,9 @@ class FinetuneSummary:
     # network work predicted from the config before it started (finetune/cost.py)
     evaluation_seconds: float | None = None
     evaluation_share_predicted: float | None = None
+    # how the run evaluated (eval_samples / eval_every as given, or as auto resolved them for this run's length)
+    eval_samples: int | None = None
+    eval_every: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

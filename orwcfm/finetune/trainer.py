@@ -258,11 +258,11 @@ class ORWCFMTrainer(FinetuneLoop):
     def _eval_noise(self) -> torch.Tensor:
         # The same noise at every evaluation, so before/after differences come from the model alone.
         gen = torch.Generator().manual_seed(self.config.seed + 1_000_003)
-        return torch.randn((self.config.eval_samples, *self._shape()), generator=gen).to(self.device)
+        return torch.randn((self.eval_plan.samples, *self._shape()), generator=gen).to(self.device)
 
     def _eval_cond(self) -> Any:
         """The evaluation's conditions: spread evenly over the prompts (None for an unconditional run)."""
-        return self.prompts.spread(self.config.eval_samples, self.device) if self.prompts is not None else None
+        return self.prompts.spread(self.eval_plan.samples, self.device) if self.prompts is not None else None
 
     def _reference_eval(self) -> ReferenceSet:
         """The reference's samples on the evaluation noise, their median pairwise distance (the Vendi bandwidth)
@@ -286,7 +286,7 @@ class ORWCFMTrainer(FinetuneLoop):
 
         A progress bar (once it has taken 2 s) counts the samples integrated: the reference's two sets on the
         first evaluation of the process (they are kept for the rest of the run), then the model's."""
-        n = self.config.eval_samples
+        n = self.eval_plan.samples
         total = n if self._reference_cache is not None else 3 * n
         with longwork.progress(f"evaluation (step {self.step})", total, enabled=self.progress and self.dist.is_main):
             return self._evaluate()
@@ -354,7 +354,8 @@ class ORWCFMTrainer(FinetuneLoop):
         summary = dataclasses.replace(
             self.summary(num_epochs, wall_seconds=time.perf_counter() - start),
             evaluation_seconds=self.evaluation_seconds,
-            evaluation_share_predicted=self.predicted_cost.evaluation_share if self.predicted_cost else None)
+            evaluation_share_predicted=self.predicted_cost.evaluation_share if self.predicted_cost else None,
+            eval_samples=self.eval_plan.samples, eval_every=self.eval_plan.every)
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
             if self.progress:
