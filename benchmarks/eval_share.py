@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 from orwcfm import ORWCFMTrainer
 from orwcfm.checkpoint import load_checkpoint

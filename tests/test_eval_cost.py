@@ -98,10 +98,19 @@ def test_auto_spaces_the_evaluations_of_a_long_run_and_keeps_their_size():
 
 def test_values_the_user_sets_are_never_changed():
     cfg = finetune_config(**README, eval_samples=300, eval_every=1)
-    assert plan_evaluations(cfg, _algorithm(cfg), 1, 2) == EvalPlan(300, 1)  # 90 % of the run, as asked
+    assert plan_evaluations(cfg, _algorithm(cfg), 1, 2) == EvalPlan(300, 1)  # 83 % of the run, as asked
     cfg = finetune_config(**README, eval_samples=300)  # only the interval is auto: the size stays 300
     plan = plan_evaluations(cfg, _algorithm(cfg), 12, 2)
     assert plan.samples == 300 and plan.every == 12 and plan.auto == ("eval_every",)
+    # only the size is auto: the interval stays 1, so the 13 evaluations + the reference's set share the budget:
+    # 14 x n x 20 <= 43008 / 9 (12 x 2 steps of 1792 rows) gives n = 17, below the floor, so 64
+    cfg = finetune_config(**README, eval_every=1)
+    plan = plan_evaluations(cfg, _algorithm(cfg), 12, 2)
+    assert (plan.samples, plan.every, plan.auto) == (MIN_AUTO_EVAL_SAMPLES, 1, ("eval_samples",))
+    # and between the floor and 500: 12 epochs of 30 steps, every epoch, n = floor(budget / (14 x 20)) = 170
+    training = 12 * 30 * (3 * 128 + 128 + 128 * 8 * 20 / 30)  # buffer auto: 128 x ceil(30 / 4) per epoch
+    plan = plan_evaluations(cfg, _algorithm(cfg), 12, 30)
+    assert plan.samples == int(AUTO_SHARE / (1 - AUTO_SHARE) * training // (14 * 20)) and 64 < plan.samples < 500
 
 
 def test_bad_eval_values_are_one_line():
@@ -109,7 +118,7 @@ def test_bad_eval_values_are_one_line():
 
     for key, value, text in (("eval_every", 0, "config key 'eval_every' must be > 0, got 0"),
                              ("eval_samples", 1, "config key 'eval_samples' must be at least 2"),
-                             ("eval_samples", "many", "eval_samples")):
+                             ("eval_samples", "many", "config key 'eval_samples': expected int | 'auto', got 'many'")):
         with pytest.raises(UserError) as err:
             finetune_config(**{key: value})
         assert text in str(err.value) and "\n" not in str(err.value)
@@ -124,6 +133,7 @@ def test_train_with_auto_evaluates_as_planned_and_says_so(tmp_path, capsys):
               "savedir": str(tmp_path), "run_name": "r"}
     trainer = ORWCFMTrainer(model, config, "cpu", reward_fn=lambda x: -x.pow(2).sum(1), progress=True)
     assert trainer.eval_plan.samples == 500  # before train() knows the run's length
+    assert trainer.evaluate().samples.shape == (500, 2)  # keeps a 500-sample reference set, which train() redraws
     summary = trainer.train(num_epochs=3, steps_per_epoch=2)
     # 6 tiny steps: before and after only, on the floor's 64 samples, and the user is told
     assert (summary.eval_samples, summary.eval_every) == (MIN_AUTO_EVAL_SAMPLES, 3)

@@ -361,6 +361,7 @@ def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_lora_run(tmp_pa
     env, run = {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path / "run"
     proc = subprocess.Popen(signal_command(run, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
+
     def last_logged_step() -> int:
         """The newest step in metrics.jsonl (line-buffered, one row per step with log_every=1)."""
         path = run / "metrics.jsonl"

@@ -313,8 +313,6 @@ class FinetuneLoop(ABC):
         # how often and how large the evaluations are (auto: a small share of this run), and what they will cost
         # next to the training, said before the run when auto shrank them or they are a large share
         plan = plan_evaluations(cfg, self.algorithm, num_epochs, steps_per_epoch)
-        if plan.samples != self.eval_plan.samples:
-            self._reference_cache = None  # the reference's samples are drawn on the evaluation's noise
         self.eval_plan = plan
         self.predicted_cost = predict_cost(cfg, self.algorithm, num_epochs, steps_per_epoch, plan)
         for line in (auto_plan_line(plan, self.predicted_cost),

@@ -264,11 +264,16 @@ class ORWCFMTrainer(FinetuneLoop):
         """The evaluation's conditions: spread evenly over the prompts (None for an unconditional run)."""
         return self.prompts.spread(self.eval_plan.samples, self.device) if self.prompts is not None else None
 
+    def _reference_cached(self) -> bool:
+        """Whether the kept reference set was drawn on this run's evaluation noise (train() may resolve
+        ``eval_samples: auto`` to another size than an evaluate() before it used)."""
+        return self._reference_cache is not None and len(self._reference_cache.samples) == self.eval_plan.samples
+
     def _reference_eval(self) -> ReferenceSet:
         """The reference's samples on the evaluation noise, their median pairwise distance (the Vendi bandwidth)
         and the W2 floor (the empirical W2 from them to a second reference set of the same size from independent
         noise), computed once: every evaluation is compared with the same reference set."""
-        if self._reference_cache is None:
+        if not self._reference_cached():
             from .evaluate import FLOOR_SEED_OFFSET, reference_set
 
             s = self.config.eval_sampling
@@ -287,7 +292,7 @@ class ORWCFMTrainer(FinetuneLoop):
         A progress bar (once it has taken 2 s) counts the samples integrated: the reference's two sets on the
         first evaluation of the process (they are kept for the rest of the run), then the model's."""
         n = self.eval_plan.samples
-        total = n if self._reference_cache is not None else 3 * n
+        total = n if self._reference_cached() else 3 * n
         with longwork.progress(f"evaluation (step {self.step})", total, enabled=self.progress and self.dist.is_main):
             return self._evaluate()
 
